@@ -1,0 +1,60 @@
+// The dispatching kernel entry points: each forwards to the implementation
+// that runtime.h selects (reference, portable, avx2 or avx512).
+#include <cstring>
+
+#include "ssl_core/kernels.h"
+#include "ssl_core/runtime.h"
+
+namespace ssl_core::cpu {
+namespace {
+
+template <class Fn>
+Fn pick(Fn reference_fn, Fn portable_fn, [[maybe_unused]] Fn avx2_fn, [[maybe_unused]] Fn avx512_fn) {
+  switch (active_isa()) {
+    case CpuIsa::reference: return reference_fn;
+#if SSL_CORE_X86
+    case CpuIsa::avx2: return avx2_fn;
+    case CpuIsa::avx512: return avx512_fn;
+#endif
+    default: return portable_fn;
+  }
+}
+
+}  // namespace
+
+#if SSL_CORE_X86
+#define SSL_CORE_PICK(name) pick(reference::name, portable::name, avx2::name, avx512::name)
+#else  // the avx2 and avx512 builds do not exist here; never selected
+#define SSL_CORE_PICK(name) pick(reference::name, portable::name, portable::name, portable::name)
+#endif
+
+void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, const float* weight,
+                        const float* bias, float eps) {
+  SSL_CORE_PICK(layer_norm_forward)(y, mean, rstd, x, weight, bias, eps);
+}
+
+void layer_norm_backward(RowsView dx, float* dweight, float* dbias, ConstRowsView dy,
+                         ConstRowsView x, const float* weight, const float* mean, const float* rstd,
+                         bool accumulate) {
+  SSL_CORE_PICK(layer_norm_backward)(dx, dweight, dbias, dy, x, weight, mean, rstd, accumulate);
+}
+
+void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate) {
+  SSL_CORE_PICK(gelu_forward)(y, x, approximate);
+}
+
+void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, GeluApproximation approximate) {
+  SSL_CORE_PICK(gelu_backward)(dx, dy, x, approximate);
+}
+
+void copy_memory(void* dst, const void* src, int64_t bytes) {
+  constexpr int64_t kBlock = 1 << 20;
+  const int64_t blocks = (bytes + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(threads_for(blocks, 1)) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * kBlock, size = bytes - begin < kBlock ? bytes - begin : kBlock;
+    std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin, size);
+  }
+}
+
+}  // namespace ssl_core::cpu

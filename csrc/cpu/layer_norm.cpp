@@ -1,0 +1,165 @@
+// LayerNorm over the last dimension, fast path (compiled once per instruction
+// set; the specification is reference.cpp).
+//
+//   forward:  y = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var + eps)
+//   backward: xhat = (x - mean) * rstd,  g = dy * weight
+//             dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//             dweight = sum over rows of dy * xhat,  dbias = sum over rows of dy
+//
+// Shapes: x, y, dy, dx (N, C) rows views; weight, bias, dweight, dbias (C,);
+// mean, rstd (N,).
+//
+// Memory traffic: forward reads x once and writes y once (plus 8 bytes a row);
+// backward reads dy and x once and writes dx once. Each row (3 KB at C = 768)
+// stays in L1 while it is worked on: the statistics are two passes over the
+// cached row (sum, then sum of squared deviations), which is exact enough for
+// rows with a large mean, unlike the one-pass E[x²] - E[x]².
+//
+// Threads take whole rows. In backward each thread adds dy * xhat and dy into
+// per-chunk partial sums; chunks are fixed groups of rows decided by N alone,
+// and the partials are summed in chunk order in float64, so dweight and dbias
+// are bit-identical for any thread count.
+#include <cmath>
+
+#include "ssl_core/kernels.h"
+#include "ssl_core/runtime.h"
+#include "ssl_core/simd.h"
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+namespace {
+
+constexpr int64_t kMinElementsPerThread = 1 << 14;
+constexpr int64_t kMinRowsPerChunk = 32;
+constexpr int64_t kMaxChunks = 256;
+
+float row_sum(const float* x, int64_t C) {
+  Vec s0 = splat(0.0f), s1 = splat(0.0f);
+  int64_t j = 0;
+  for (; j + 2 * kWidth <= C; j += 2 * kWidth) {
+    s0 += load(x + j);
+    s1 += load(x + j + kWidth);
+  }
+  for (; j < C; j += kWidth) {
+    const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
+    s0 += load(x + j, n);
+  }
+  return reduce_add(s0 + s1);
+}
+
+float row_sum_squared_deviation(const float* x, float mean, int64_t C) {
+  const Vec m = splat(mean);
+  Vec s0 = splat(0.0f), s1 = splat(0.0f);
+  int64_t j = 0;
+  for (; j + 2 * kWidth <= C; j += 2 * kWidth) {
+    const Vec d0 = load(x + j) - m, d1 = load(x + j + kWidth) - m;
+    s0 = fma(d0, d0, s0);
+    s1 = fma(d1, d1, s1);
+  }
+  for (; j < C; j += kWidth) {
+    const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
+    const Vec d = select(first_lanes(n), load(x + j, n) - m, splat(0.0f));
+    s0 = fma(d, d, s0);
+  }
+  return reduce_add(s0 + s1);
+}
+
+void normalize_row(float* y, const float* x, const float* weight, const float* bias, float mean,
+                   float rstd, int64_t C) {
+  const Vec scale = splat(rstd), shift = splat(-mean * rstd);
+  for (int64_t j = 0; j < C; j += kWidth) {
+    if (C - j >= kWidth) {
+      store(y + j, fma(fma(load(x + j), scale, shift), load(weight + j), load(bias + j)));
+    } else {
+      const int n = static_cast<int>(C - j);
+      store(y + j, fma(fma(load(x + j, n), scale, shift), load(weight + j, n), load(bias + j, n)), n);
+    }
+  }
+}
+
+// One row of backward: writes dx, adds this row's terms into the chunk's
+// partial dweight/dbias.
+void backward_row(float* dx, float* partial_dweight, float* partial_dbias, const float* dy,
+                  const float* x, const float* weight, float mean, float rstd, int64_t C) {
+  const Vec m = splat(mean), rs = splat(rstd);
+  Vec sum_g = splat(0.0f), sum_g_xhat = splat(0.0f);
+  // Tail lanes load as zero, so dy = g = 0 there and they add nothing.
+  for (int64_t j = 0; j < C; j += kWidth) {
+    const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
+    const Vec dyv = load(dy + j, n);
+    const Vec xhat = (load(x + j, n) - m) * rs;
+    const Vec g = dyv * load(weight + j, n);
+    sum_g += g;
+    sum_g_xhat = fma(g, xhat, sum_g_xhat);
+    store(partial_dweight + j, fma(dyv, xhat, load(partial_dweight + j, n)), n);
+    store(partial_dbias + j, dyv + load(partial_dbias + j, n), n);
+  }
+  const Vec a = splat(reduce_add(sum_g) / static_cast<float>(C));
+  const Vec b = splat(reduce_add(sum_g_xhat) / static_cast<float>(C));
+  for (int64_t j = 0; j < C; j += kWidth) {
+    const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
+    const Vec xhat = (load(x + j, n) - m) * rs;
+    const Vec g = load(dy + j, n) * load(weight + j, n);
+    store(dx + j, rs * (fma(-xhat, b, g) - a), n);
+  }
+}
+
+}  // namespace
+
+void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, const float* weight,
+                        const float* bias, float eps) {
+  const int64_t N = x.rows, C = x.cols;
+  const int threads = threads_for(N * C, kMinElementsPerThread);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const float* xr = x.row(i);
+    const float m = row_sum(xr, C) / static_cast<float>(C);
+    const float var = row_sum_squared_deviation(xr, m, C) / static_cast<float>(C);
+    const float rs = 1.0f / std::sqrt(var + eps);
+    mean[i] = m;
+    rstd[i] = rs;
+    normalize_row(y.row(i), xr, weight, bias, m, rs, C);
+  }
+}
+
+void layer_norm_backward(RowsView dx, float* dweight, float* dbias, ConstRowsView dy,
+                         ConstRowsView x, const float* weight, const float* mean, const float* rstd,
+                         bool accumulate) {
+  const int64_t N = x.rows, C = x.cols;
+  int64_t rows_per_chunk = (N + kMaxChunks - 1) / kMaxChunks;
+  if (rows_per_chunk < kMinRowsPerChunk) rows_per_chunk = kMinRowsPerChunk;
+  const int64_t chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
+
+  // partials[c] holds chunk c's dweight (C floats) then its dbias (C floats).
+  ScratchBuffer<float> partials(chunks * 2 * C);
+  const int threads = threads_for(N * C, kMinElementsPerThread);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    float* pw = partials.get() + c * 2 * C;
+    float* pb = pw + C;
+    for (int64_t j = 0; j < 2 * C; ++j) pw[j] = 0.0f;
+    const int64_t end = (c + 1) * rows_per_chunk < N ? (c + 1) * rows_per_chunk : N;
+    for (int64_t i = c * rows_per_chunk; i < end; ++i)
+      backward_row(dx.row(i), pw, pb, dy.row(i), x.row(i), weight, mean[i], rstd[i], C);
+  }
+
+  // Sum the partials in chunk order, in float64, a block of columns per thread.
+  constexpr int64_t kColumnBlock = 256;
+  const int64_t blocks = (2 * C + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for num_threads(threads_for(chunks * 2 * C, kMinElementsPerThread)) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t begin = blk * kColumnBlock;
+    const int64_t width = 2 * C - begin < kColumnBlock ? 2 * C - begin : kColumnBlock;
+    double total[kColumnBlock] = {};
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* p = partials.get() + c * 2 * C + begin;
+      for (int64_t j = 0; j < width; ++j) total[j] += p[j];
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t col = begin + j;
+      float* out = col < C ? dweight + col : dbias + (col - C);
+      *out = static_cast<float>(accumulate ? *out + total[j] : total[j]);
+    }
+  }
+}
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA

@@ -1,0 +1,43 @@
+// The CPU kernel entry points, declared once for each implementation.
+//
+// `reference` holds the specification: plain loops with float64 accumulation,
+// written to be read. `portable`, `avx2` and `avx512` are the same fast source
+// (csrc/cpu/<op>.cpp) compiled three times with different instruction sets.
+// The unqualified functions in ssl_core::cpu dispatch to the implementation
+// chosen by runtime.h (see dispatch.cpp).
+//
+// Argument order follows llm.c: outputs first, then inputs, then scalars.
+// Backward contract: activation gradients are written (=); parameter gradients
+// are written, or added to (+=) when `accumulate` is true.
+#pragma once
+
+#include "ssl_core/views.h"
+
+namespace ssl_core::cpu {
+
+enum class GeluApproximation { none, tanh };
+
+// Shapes: x, y (N, C); weight, bias (C,); mean, rstd (N,).
+// y may be the same memory as x (in place).
+#define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
+  void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, \
+                          const float* weight, const float* bias, float eps);    \
+  void layer_norm_backward(RowsView dx, float* dweight, float* dbias,            \
+                           ConstRowsView dy, ConstRowsView x,                    \
+                           const float* weight, const float* mean,               \
+                           const float* rstd, bool accumulate);                  \
+  void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate); \
+  void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x,             \
+                     GeluApproximation approximate);
+
+namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
+namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }
+namespace avx2 { SSL_CORE_CPU_KERNEL_DECLARATIONS }
+namespace avx512 { SSL_CORE_CPU_KERNEL_DECLARATIONS }
+SSL_CORE_CPU_KERNEL_DECLARATIONS  // dispatching entry points
+
+// A multi-threaded copy, used by the benchmarks to measure the memory
+// bandwidth the kernels above are held to. dst and src: `bytes` bytes each.
+void copy_memory(void* dst, const void* src, int64_t bytes);
+
+}  // namespace ssl_core::cpu

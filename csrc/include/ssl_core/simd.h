@@ -1,0 +1,188 @@
+// A small SIMD vocabulary for the fast CPU kernels: one float vector type and
+// the handful of operations the kernels need, implemented for AVX-512 (16
+// lanes), AVX2+FMA (8 lanes) and portable GCC/Clang vector extensions (4
+// lanes, SSE2 or NEON). Which one a file gets depends on the flags it is
+// compiled with (CMakeLists.txt compiles each kernel file once per set).
+//
+// Everything lives in namespace ssl_core::cpu::SSL_CORE_ISA so that the three
+// compilations of the same inline code can never be merged by the linker:
+// an AVX-512 copy of a helper must not end up called from the portable path.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef SSL_CORE_ISA
+#error "SSL_CORE_ISA must name the instruction set this file is compiled for"
+#endif
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------- AVX-512 --
+constexpr int kWidth = 16;
+struct Vec { __m512 v; };
+using Mask = __mmask16;
+
+inline Mask first_lanes(int n) { return static_cast<Mask>((1u << n) - 1u); }
+inline Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline Vec load(const float* p, int n) { return {_mm512_maskz_loadu_ps(first_lanes(n), p)}; }
+inline void store(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
+inline void store(float* p, Vec a, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), a.v); }
+inline Vec splat(float x) { return {_mm512_set1_ps(x)}; }
+inline Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
+inline Mask less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+inline Mask greater(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ); }
+inline Mask not_less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NLT_UQ); }
+// Lanes of `a` where `m` is set, of `b` elsewhere.
+inline Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
+inline Vec round_to_int(Vec a) {
+  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+// a * 2^n for integral n; vscalefps gets overflow, underflow and subnormals right.
+inline Vec ldexp(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
+
+#elif defined(__AVX2__) && defined(__FMA__)
+// ------------------------------------------------------------- AVX2 + FMA --
+constexpr int kWidth = 8;
+struct Vec { __m256 v; };
+using Mask = __m256;  // all-ones lanes are true
+
+inline __m256i lane_mask_bits(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Mask first_lanes(int n) { return _mm256_castsi256_ps(lane_mask_bits(n)); }
+inline Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+inline Vec load(const float* p, int n) { return {_mm256_maskload_ps(p, lane_mask_bits(n))}; }
+inline void store(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
+inline void store(float* p, Vec a, int n) { _mm256_maskstore_ps(p, lane_mask_bits(n), a.v); }
+inline Vec splat(float x) { return {_mm256_set1_ps(x)}; }
+inline Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
+inline Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
+inline Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec abs(Vec a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
+inline float reduce_add(Vec a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline Mask less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
+inline Mask greater(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ); }
+inline Mask not_less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_NLT_UQ); }
+inline Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
+inline Vec round_to_int(Vec a) {
+  return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+// a * 2^n for integral n in [-252, 254], in two exact steps so that results
+// down to the subnormal range and up to overflow come out right.
+inline Vec ldexp(Vec a, Vec n) {
+  __m256i k = _mm256_cvtps_epi32(n.v);
+  __m256i half = _mm256_srai_epi32(k, 1);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+  __m256 s2 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(k, half), _mm256_set1_epi32(127)), 23));
+  return {_mm256_mul_ps(_mm256_mul_ps(a.v, s1), s2)};
+}
+
+#else
+// -------------------------------------------- portable vector extensions --
+constexpr int kWidth = 4;
+typedef float F4 __attribute__((vector_size(16)));
+typedef int32_t I4 __attribute__((vector_size(16)));
+struct Vec { F4 v; };
+using Mask = I4;  // all-ones lanes are true
+
+inline Mask first_lanes(int n) { return I4{0, 1, 2, 3} < I4{n, n, n, n}; }
+inline Vec load(const float* p) { Vec a; std::memcpy(&a.v, p, sizeof a.v); return a; }
+inline Vec load(const float* p, int n) {
+  Vec a{F4{0, 0, 0, 0}};
+  std::memcpy(&a.v, p, sizeof(float) * n);
+  return a;
+}
+inline void store(float* p, Vec a) { std::memcpy(p, &a.v, sizeof a.v); }
+inline void store(float* p, Vec a, int n) { std::memcpy(p, &a.v, sizeof(float) * n); }
+inline Vec splat(float x) { return {F4{x, x, x, x}}; }
+inline Vec operator+(Vec a, Vec b) { return {a.v + b.v}; }
+inline Vec operator-(Vec a, Vec b) { return {a.v - b.v}; }
+inline Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
+inline Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
+inline Vec fma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
+inline Vec abs(Vec a) {
+  I4 bits;
+  std::memcpy(&bits, &a.v, sizeof bits);
+  bits &= I4{0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+  std::memcpy(&a.v, &bits, sizeof bits);
+  return a;
+}
+inline float reduce_add(Vec a) { return (a.v[0] + a.v[2]) + (a.v[1] + a.v[3]); }
+inline Mask less(Vec a, Vec b) { return a.v < b.v; }
+inline Mask greater(Vec a, Vec b) { return a.v > b.v; }
+inline Mask not_less(Vec a, Vec b) { return ~(a.v < b.v); }
+inline Vec select(Mask m, Vec a, Vec b) {
+  I4 ia, ib;
+  std::memcpy(&ia, &a.v, sizeof ia);
+  std::memcpy(&ib, &b.v, sizeof ib);
+  I4 r = (ia & m) | (ib & ~m);
+  Vec out;
+  std::memcpy(&out.v, &r, sizeof r);
+  return out;
+}
+inline Vec round_to_int(Vec a) {
+  Vec r;
+  for (int i = 0; i < 4; ++i) r.v[i] = __builtin_rintf(a.v[i]);
+  return r;
+}
+inline Vec ldexp(Vec a, Vec n) {
+  Vec r;
+  for (int i = 0; i < 4; ++i) r.v[i] = __builtin_ldexpf(a.v[i], static_cast<int>(n.v[i]));
+  return r;
+}
+#endif
+
+// ------------------------------------------------ shared by all three sets --
+inline Vec operator-(Vec a) { return splat(0.0f) - a; }
+inline Vec& operator+=(Vec& a, Vec b) { return a = a + b; }
+inline Vec min(Vec a, Vec b) { return select(less(b, a), b, a); }  // a when a is NaN
+inline Vec max(Vec a, Vec b) { return select(greater(b, a), b, a); }
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA
+
+#include <cstdlib>
+#include <new>
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+
+// Scratch memory for a kernel, cache-line aligned and freed on scope exit.
+// (Not std::vector: a std template instantiated here with AVX-512 flags could
+// be shared by the linker with the portable build.)
+template <class T>
+class ScratchBuffer {
+ public:
+  explicit ScratchBuffer(int64_t count) {
+    size_t bytes = (static_cast<size_t>(count > 0 ? count : 1) * sizeof(T) + 63) / 64 * 64;
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!data_) throw std::bad_alloc();
+  }
+  ~ScratchBuffer() { std::free(data_); }
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  T* get() const { return data_; }
+
+ private:
+  T* data_;
+};
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA

@@ -1,0 +1,7 @@
+"""Public kernel API: each op validates its arguments and dispatches on the
+array type (NumPy arrays run the CPU kernels)."""
+
+from ssl_core.ops.activation import gelu, gelu_backward
+from ssl_core.ops.layer_norm import layer_norm, layer_norm_backward, layer_norm_forward
+
+__all__ = ["gelu", "gelu_backward", "layer_norm", "layer_norm_backward", "layer_norm_forward"]

@@ -1,0 +1,27 @@
+"""Which backend runs an op, decided from the types of its array arguments."""
+
+import numpy as np
+
+
+def require_numpy(**arrays):
+    """Raise TypeError naming the first argument that is not a NumPy array.
+
+    Only NumPy arrays (the CPU kernels) are supported so far; device arrays and
+    framework tensors get a clear error rather than a silent copy.
+    """
+    for name, value in arrays.items():
+        if value is not None and not isinstance(value, np.ndarray):
+            raise TypeError(
+                f"{name} must be a numpy.ndarray of float32, got {type(value).__module__}."
+                f"{type(value).__qualname__}"
+            )
+
+
+def split_out(out, names):
+    """The output arrays of an op that returns several: ``out`` is None or a
+    tuple with one array (or None) per name."""
+    if out is None:
+        return (None,) * len(names)
+    if not isinstance(out, (tuple, list)) or len(out) != len(names):
+        raise TypeError(f"out must be a tuple ({', '.join(names)}) of arrays or None, got {out!r:.80}")
+    return tuple(out)
