@@ -34,42 +34,38 @@ void for_each_segment(int64_t rows, int64_t cols, bool contiguous, Body body) {
   const int64_t per_row = (cols + kSegment - 1) / kSegment;
   const int64_t tasks = rows * per_row;
   const int threads = threads_for(rows * cols, kMinElementsPerThread);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t row = task / per_row, begin = (task % per_row) * kSegment;
-    body(row, begin, begin + kSegment < cols ? begin + kSegment : cols);
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t row = task / per_row, begin = (task % per_row) * kSegment;
+      body(row, begin, begin + kSegment < cols ? begin + kSegment : cols);
+    }
+    stream_fence();  // make streamed stores visible before the region ends
   }
 }
 
 template <class F>
 void map_unary(RowsView y, ConstRowsView x, F f) {
+  const bool streaming = prefer_streaming_stores(y.size() * 4);
   for_each_segment(x.rows, x.cols, x.contiguous() && y.contiguous(),
                    [&](int64_t row, int64_t begin, int64_t end) {
-                     const float* xr = x.data + row * x.row_stride;
-                     float* yr = y.data + row * y.row_stride;
-                     int64_t j = begin;
-                     for (; j + kWidth <= end; j += kWidth) store(yr + j, f(load(xr + j)));
-                     if (j < end) {
-                       const int n = static_cast<int>(end - j);
-                       store(yr + j, f(load(xr + j, n)), n);
-                     }
+                     const float* xr = x.data + row * x.row_stride + begin;
+                     write_vectors(y.data + row * y.row_stride + begin, end - begin, streaming,
+                                   [&](int64_t j, int n) { return f(load(xr + j, n)); });
                    });
 }
 
 // dx = dy * derivative(x)
 template <class F>
 void map_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, F derivative) {
+  const bool streaming = prefer_streaming_stores(dx.size() * 4);
   const bool contiguous = x.contiguous() && dy.contiguous() && dx.contiguous();
   for_each_segment(x.rows, x.cols, contiguous, [&](int64_t row, int64_t begin, int64_t end) {
-    const float* xr = x.data + row * x.row_stride;
-    const float* dyr = dy.data + row * dy.row_stride;
-    float* dxr = dx.data + row * dx.row_stride;
-    int64_t j = begin;
-    for (; j + kWidth <= end; j += kWidth) store(dxr + j, load(dyr + j) * derivative(load(xr + j)));
-    if (j < end) {
-      const int n = static_cast<int>(end - j);
-      store(dxr + j, load(dyr + j, n) * derivative(load(xr + j, n)), n);
-    }
+    const float* xr = x.data + row * x.row_stride + begin;
+    const float* dyr = dy.data + row * dy.row_stride + begin;
+    write_vectors(dx.data + row * dx.row_stride + begin, end - begin, streaming,
+                  [&](int64_t j, int n) { return load(dyr + j, n) * derivative(load(xr + j, n)); });
   });
 }
 

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <unistd.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -126,6 +128,17 @@ bool openmp_enabled() {
 #else
   return false;
 #endif
+}
+
+bool prefer_streaming_stores(int64_t output_bytes) {
+  static const int64_t l2_bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (l2 > 0) return static_cast<int64_t>(l2);
+#endif
+    return static_cast<int64_t>(1) << 20;
+  }();
+  return output_bytes > l2_bytes * num_threads();
 }
 
 int threads_for(int64_t work_items, int64_t min_items_per_thread) {

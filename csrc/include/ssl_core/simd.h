@@ -33,6 +33,9 @@ inline Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Vec load(const float* p, int n) { return {_mm512_maskz_loadu_ps(first_lanes(n), p)}; }
 inline void store(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
 inline void store(float* p, Vec a, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), a.v); }
+// Non-temporal store to a 64-byte aligned address: skips reading the line first.
+inline void stream(float* p, Vec a) { _mm512_stream_ps(p, a.v); }
+inline void stream_fence() { _mm_sfence(); }
 inline Vec splat(float x) { return {_mm512_set1_ps(x)}; }
 inline Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -40,7 +43,19 @@ inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+// 1/a to within 1 ulp: a 14-bit estimate and one Newton step, much cheaper
+// than vdivps. Exact at a = ±inf (0) and a = ±0 (±inf).
+inline Vec reciprocal(Vec a) {
+  const __m512 r = _mm512_rcp14_ps(a.v);
+  const __m512 e = _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(1.0f));  // 1 - a r
+  const __m512 refined = _mm512_fmadd_ps(r, e, r);
+  // At a = 0 or inf, r is inf or 0 and e is NaN; keep the estimate there.
+  return {_mm512_mask_blend_ps(_mm512_fpclass_ps_mask(r, 0x1e), refined, r)};
+}
 inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
+// min/max return `a` when either is NaN (vminps returns its second operand then).
+inline Vec min(Vec a, Vec b) { return {_mm512_min_ps(b.v, a.v)}; }
+inline Vec max(Vec a, Vec b) { return {_mm512_max_ps(b.v, a.v)}; }
 inline Mask less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
 inline Mask greater(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ); }
 inline Mask not_less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NLT_UQ); }
@@ -66,6 +81,8 @@ inline Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline Vec load(const float* p, int n) { return {_mm256_maskload_ps(p, lane_mask_bits(n))}; }
 inline void store(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
 inline void store(float* p, Vec a, int n) { _mm256_maskstore_ps(p, lane_mask_bits(n), a.v); }
+inline void stream(float* p, Vec a) { _mm256_stream_ps(p, a.v); }
+inline void stream_fence() { _mm_sfence(); }
 inline Vec splat(float x) { return {_mm256_set1_ps(x)}; }
 inline Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
@@ -73,12 +90,15 @@ inline Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec abs(Vec a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
+inline Vec reciprocal(Vec a) { return {_mm256_div_ps(_mm256_set1_ps(1.0f), a.v)}; }
 inline float reduce_add(Vec a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+inline Vec min(Vec a, Vec b) { return {_mm256_min_ps(b.v, a.v)}; }  // a when NaN
+inline Vec max(Vec a, Vec b) { return {_mm256_max_ps(b.v, a.v)}; }
 inline Mask less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
 inline Mask greater(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ); }
 inline Mask not_less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_NLT_UQ); }
@@ -114,12 +134,15 @@ inline Vec load(const float* p, int n) {
 }
 inline void store(float* p, Vec a) { std::memcpy(p, &a.v, sizeof a.v); }
 inline void store(float* p, Vec a, int n) { std::memcpy(p, &a.v, sizeof(float) * n); }
+inline void stream(float* p, Vec a) { store(p, a); }
+inline void stream_fence() {}
 inline Vec splat(float x) { return {F4{x, x, x, x}}; }
 inline Vec operator+(Vec a, Vec b) { return {a.v + b.v}; }
 inline Vec operator-(Vec a, Vec b) { return {a.v - b.v}; }
 inline Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
 inline Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
+inline Vec reciprocal(Vec a) { return {F4{1, 1, 1, 1} / a.v}; }
 inline Vec abs(Vec a) {
   I4 bits;
   std::memcpy(&bits, &a.v, sizeof bits);
@@ -131,6 +154,9 @@ inline float reduce_add(Vec a) { return (a.v[0] + a.v[2]) + (a.v[1] + a.v[3]); }
 inline Mask less(Vec a, Vec b) { return a.v < b.v; }
 inline Mask greater(Vec a, Vec b) { return a.v > b.v; }
 inline Mask not_less(Vec a, Vec b) { return ~(a.v < b.v); }
+inline Vec select(Mask m, Vec a, Vec b);
+inline Vec min(Vec a, Vec b) { return select(less(b, a), b, a); }  // a when NaN
+inline Vec max(Vec a, Vec b) { return select(greater(b, a), b, a); }
 inline Vec select(Mask m, Vec a, Vec b) {
   I4 ia, ib;
   std::memcpy(&ia, &a.v, sizeof ia);
@@ -153,10 +179,28 @@ inline Vec ldexp(Vec a, Vec n) {
 #endif
 
 // ------------------------------------------------ shared by all three sets --
+
+// Writes out[0, n) as value(j, lanes) for consecutive vectors, where `lanes`
+// < kWidth only at the ends. With `streaming`, the aligned middle part uses
+// non-temporal stores: for outputs far larger than the caches this saves
+// the read-for-ownership of each line, a third of a copy's traffic.
+template <class F>
+inline void write_vectors(float* out, int64_t n, bool streaming, F value) {
+  int64_t j = 0;
+  if (streaming) {
+    const auto misalignment = reinterpret_cast<uintptr_t>(out) % (kWidth * sizeof(float));
+    if (misalignment % sizeof(float) == 0) {
+      int64_t head = misalignment ? kWidth - static_cast<int64_t>(misalignment / sizeof(float)) : 0;
+      if (head > n) head = n;
+      if (head) store(out, value(0, static_cast<int>(head)), static_cast<int>(head));
+      for (j = head; j + kWidth <= n; j += kWidth) stream(out + j, value(j, kWidth));
+    }
+  }
+  for (; j + kWidth <= n; j += kWidth) store(out + j, value(j, kWidth));
+  if (j < n) store(out + j, value(j, static_cast<int>(n - j)), static_cast<int>(n - j));
+}
 inline Vec operator-(Vec a) { return splat(0.0f) - a; }
 inline Vec& operator+=(Vec& a, Vec b) { return a = a + b; }
-inline Vec min(Vec a, Vec b) { return select(less(b, a), b, a); }  // a when a is NaN
-inline Vec max(Vec a, Vec b) { return select(greater(b, a), b, a); }
 
 }  // namespace ssl_core::cpu::SSL_CORE_ISA
 
