@@ -19,6 +19,7 @@
 // per-chunk partial sums; chunks are fixed groups of rows decided by N alone,
 // and the partials are summed in chunk order in float64, so dweight and dbias
 // are bit-identical for any thread count.
+#include <algorithm>
 #include <cmath>
 
 #include "ssl_core/kernels.h"
@@ -46,49 +47,57 @@ float row_sum(const float* x, int64_t C) {
   return reduce_add(s0 + s1);
 }
 
-float row_sum_squared_deviation(const float* x, float mean, int64_t C) {
+// Sum of (x - mean) and of (x - mean)² over a row. The first is the float32
+// rounding error of `mean` times C, which the caller folds back in: a row
+// with mean 1e4 and std 1 then keeps its normalized values accurate to a
+// few ulps of the mean instead of losing them to a rounded sum.
+void row_deviation_sums(const float* x, float mean, int64_t C, float& sum, float& sum_squares) {
   const Vec m = splat(mean);
-  Vec s0 = splat(0.0f), s1 = splat(0.0f);
+  Vec s0 = splat(0.0f), s1 = splat(0.0f), q0 = splat(0.0f), q1 = splat(0.0f);
   int64_t j = 0;
   for (; j + 2 * kWidth <= C; j += 2 * kWidth) {
     const Vec d0 = load(x + j) - m, d1 = load(x + j + kWidth) - m;
-    s0 = fma(d0, d0, s0);
-    s1 = fma(d1, d1, s1);
+    s0 += d0;
+    s1 += d1;
+    q0 = fma(d0, d0, q0);
+    q1 = fma(d1, d1, q1);
   }
   for (; j < C; j += kWidth) {
     const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
     const Vec d = select(first_lanes(n), load(x + j, n) - m, splat(0.0f));
-    s0 = fma(d, d, s0);
+    s0 += d;
+    q0 = fma(d, d, q0);
   }
-  return reduce_add(s0 + s1);
+  sum = reduce_add(s0 + s1);
+  sum_squares = reduce_add(q0 + q1);
 }
 
-void normalize_row(float* y, const float* x, const float* weight, const float* bias, float mean,
-                   float rstd, int64_t C, bool streaming) {
-  const Vec scale = splat(rstd), shift = splat(-mean * rstd);
+// y = ((x - rough_mean) - correction) * rstd * weight + bias. x - rough_mean is
+// exact for x near the mean, so y keeps the row's information even when the
+// mean is large against the spread, where x * rstd - mean * rstd would lose it
+// to the rounding of two large products.
+void normalize_row(float* y, const float* x, const float* weight, const float* bias,
+                   float rough_mean, float correction, float rstd, int64_t C, bool streaming) {
+  const Vec m = splat(rough_mean), c = splat(correction), rs = splat(rstd);
   write_vectors(y, C, streaming, [&](int64_t j, int n) {
-    return fma(fma(load(x + j, n), scale, shift), load(weight + j, n), load(bias + j, n));
+    return fma(((load(x + j, n) - m) - c) * rs, load(weight + j, n), load(bias + j, n));
   });
 }
 
 // One row of backward: writes dx, adds this row's terms into the chunk's
-// partial dweight/dbias. The kernel is bound by vector arithmetic as much as
-// by memory on small cores, so each element costs 6 operations in the first
-// pass and 3 in the second:
-//   dx = rstd * g - (rstd * b) * xhat - rstd * a
-//      = fma(g, rstd, fma(x, -rstd² b, rstd (mean rstd b - a)))
-// with a = mean(g) and b = mean(g * xhat).
+// partial dweight/dbias. With a = mean(g) and b = mean(g * xhat):
+//   dx = rstd * (g - a - xhat * b) = fma(g, rstd, fma(xhat, -rstd b, -rstd a))
 void backward_row(float* dx, float* partial_dweight, float* partial_dbias, const float* dy,
                   const float* x, const float* weight, float mean, float rstd, int64_t C,
                   bool streaming) {
-  const Vec rs = splat(rstd), shift = splat(-mean * rstd);
+  const Vec m = splat(mean), rs = splat(rstd);
   Vec sum_g = splat(0.0f), sum_g_xhat = splat(0.0f);
   // Tail lanes load as zero, so dy = g = 0 there and they add nothing.
   for (int64_t j = 0; j < C; j += kWidth) {
     const int n = static_cast<int>(C - j < kWidth ? C - j : kWidth);
     const Vec dyv = load(dy + j, n), xv = load(x + j, n);
     const Vec g = dyv * load(weight + j, n);
-    const Vec xhat = fma(xv, rs, shift);
+    const Vec xhat = (xv - m) * rs;
     sum_g += g;
     sum_g_xhat = fma(g, xhat, sum_g_xhat);
     store(partial_dweight + j, fma(dyv, xhat, load(partial_dweight + j, n)), n);
@@ -96,10 +105,11 @@ void backward_row(float* dx, float* partial_dweight, float* partial_dbias, const
   }
   const float a = reduce_add(sum_g) / static_cast<float>(C);
   const float b = reduce_add(sum_g_xhat) / static_cast<float>(C);
-  const Vec x_coefficient = splat(-rstd * rstd * b), constant = splat(rstd * (mean * rstd * b - a));
+  const Vec xhat_coefficient = splat(-rstd * b), constant = splat(-rstd * a);
   write_vectors(dx, C, streaming, [&](int64_t j, int n) {
+    const Vec xhat = (load(x + j, n) - m) * rs;
     const Vec g = load(dy + j, n) * load(weight + j, n);
-    return fma(g, rs, fma(load(x + j, n), x_coefficient, constant));
+    return fma(g, rs, fma(xhat, xhat_coefficient, constant));
   });
 }
 
@@ -123,12 +133,17 @@ void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, c
     for (int64_t i = 0; i < N; ++i) {
       const float* xr = x.row(i);
       if (i + 1 < N) prefetch_row(x.row(i + 1), C);
-      const float m = row_sum(xr, C) / static_cast<float>(C);
-      const float var = row_sum_squared_deviation(xr, m, C) / static_cast<float>(C);
+      const float rough_mean = row_sum(xr, C) / static_cast<float>(C);
+      float deviation, squares;
+      row_deviation_sums(xr, rough_mean, C, deviation, squares);
+      const float correction = deviation / static_cast<float>(C);
+      const float m = rough_mean + correction;
+      // Σ(x - m)² = Σ(x - rough)² - C correction²; clamp the rounding below 0.
+      const float var = std::max(squares / static_cast<float>(C) - correction * correction, 0.0f);
       const float rs = 1.0f / std::sqrt(var + eps);
       mean[i] = m;
       rstd[i] = rs;
-      normalize_row(y.row(i), xr, weight, bias, m, rs, C, streaming);
+      normalize_row(y.row(i), xr, weight, bias, rough_mean, correction, rs, C, streaming);
     }
     stream_fence();  // this thread's streamed rows are visible before the region ends
   }
