@@ -71,6 +71,9 @@ RowsArg rows_arg(py::handle obj, const char* name) {
   int64_t rows = 1;
   for (py::ssize_t d = 0; d + 1 < ndim; ++d) rows *= a.shape(d);
 
+  if (a.size() == 0)  // nothing to address: any strides will do
+    return {a, RowsView{static_cast<float*>(const_cast<void*>(a.data())), rows, cols, cols}, name};
+
   const std::string layout_error =
       std::string(name) +
       " must have a contiguous last axis and leading axes that flatten into rows "

@@ -81,11 +81,17 @@ inline Vec gelu_erf_derivative(Vec x) {
 constexpr float kSqrt2OverPi = 0.797884560802865355f;
 constexpr float kGeluCubic = 0.044715f;
 
-inline Vec sigmoid_of_2u(Vec x, Vec* du_dx = nullptr) {
+// s = sigmoid(2u) = 1 / (1 + e) with e = exp(-2u); also 1 - s = e s, computed
+// that way because 1 - s itself would cancel to nothing for large x. e is
+// capped at e^80 so that e s stays finite (s < 2e-35 there, as good as 0).
+inline Vec sigmoid_of_2u(Vec x, Vec* one_minus_s = nullptr, Vec* du_dx = nullptr) {
   const Vec x2 = x * x;
   const Vec u = x * fma(x2, splat(kSqrt2OverPi * kGeluCubic), splat(kSqrt2OverPi));
+  const Vec e = exp(min(u * splat(-2.0f), splat(80.0f)));
+  const Vec s = reciprocal(splat(1.0f) + e);
+  if (one_minus_s) *one_minus_s = e * s;
   if (du_dx) *du_dx = fma(x2, splat(3.0f * kSqrt2OverPi * kGeluCubic), splat(kSqrt2OverPi));
-  return reciprocal(splat(1.0f) + exp(u * splat(-2.0f)));
+  return s;
 }
 
 inline Vec gelu_tanh(Vec x) {
@@ -94,9 +100,9 @@ inline Vec gelu_tanh(Vec x) {
 
 // d/dx [x s(x)] with s = sigmoid(2u): s + x s (1 - s) 2 du/dx.
 inline Vec gelu_tanh_derivative(Vec x) {
-  Vec du_dx;
-  const Vec s = sigmoid_of_2u(x, &du_dx);
-  const Vec d = fma(x * s * (splat(1.0f) - s), du_dx * splat(2.0f), s);
+  Vec one_minus_s, du_dx;
+  const Vec s = sigmoid_of_2u(x, &one_minus_s, &du_dx);
+  const Vec d = fma(x * s * one_minus_s, du_dx * splat(2.0f), s);
   return gelu_limits(x, d, splat(1.0f), splat(0.0f));
 }
 
