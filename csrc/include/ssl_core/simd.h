@@ -43,14 +43,11 @@ inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
-// 1/a to within 1 ulp: a 14-bit estimate and one Newton step, much cheaper
-// than vdivps. Exact at a = ±inf (0) and a = ±0 (±inf).
+// 1/a to within 1 ulp for finite, nonzero a (0 and inf give NaN here): a
+// 14-bit estimate and one Newton step, much cheaper than vdivps.
 inline Vec reciprocal(Vec a) {
   const __m512 r = _mm512_rcp14_ps(a.v);
-  const __m512 e = _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(1.0f));  // 1 - a r
-  const __m512 refined = _mm512_fmadd_ps(r, e, r);
-  // At a = 0 or inf, r is inf or 0 and e is NaN; keep the estimate there.
-  return {_mm512_mask_blend_ps(_mm512_fpclass_ps_mask(r, 0x1e), refined, r)};
+  return {_mm512_fmadd_ps(r, _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(1.0f)), r)};
 }
 inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
 // min/max return `a` when either is NaN (vminps returns its second operand then).

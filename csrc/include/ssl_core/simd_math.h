@@ -27,53 +27,58 @@ inline Vec exp(Vec x) {
 }
 
 // Upper tail of the standard normal distribution, Q(a) = P(Z > a) = erfc(a/√2)/2,
-// for a >= 0, with relative error below 3e-7 wherever Q(a) > 1e-37. Also
-// returns the density φ(a) = exp(-a²/2)/√(2π) it is built from.
+// for finite a >= 0, with relative error below 3e-7 wherever Q(a) > 1e-37.
+// Also returns e^{-a²/2}, from which the density φ(a) = e^{-a²/2}/√(2π).
 //
 // Q(a) = φ(a) R(a), where Mills' ratio R(a) = t h(t) with t = 1/(1 + 0.28a)
 // mapping [0, inf) onto (0, 1], where h is smooth: a degree-8 polynomial
 // fitted for this project to R/t from scipy.special.erfcx in float64
-// (near-minimax, max relative error 1.7e-7). Computing the tail directly,
-// rather than 1 - Φ, keeps full relative accuracy for the small values that
-// GELU multiplies by large |x|; one exp serves both Q and φ.
-inline Vec normal_upper_tail(Vec a, Vec& density) {
+// (near-minimax, max relative error 1.7e-7); the coefficients below include
+// the 1/√(2π) of φ. Computing the tail directly, rather than 1 - Φ, keeps
+// full relative accuracy for the small values that GELU multiplies by large
+// |x|; one exp serves both Q and φ.
+constexpr float kInvSqrt2Pi = 0.398942280401432678f;
+
+inline Vec normal_upper_tail(Vec a, Vec& gaussian) {
   const Vec t = reciprocal(fma(a, splat(0.28f), splat(1.0f)));
-  Vec h = splat(0.0619646329f);
-  h = fma(h, t, splat(-0.234606194f));
-  h = fma(h, t, splat(0.231687237f));
-  h = fma(h, t, splat(-0.0161688274f));
-  h = fma(h, t, splat(0.182421135f));
-  h = fma(h, t, splat(0.209631049f));
-  h = fma(h, t, splat(0.25839496f));
-  h = fma(h, t, splat(0.279989883f));
-  h = fma(h, t, splat(0.280000048f));
-  density = exp(a * a * splat(-0.5f)) * splat(0.398942280401432678f);
-  return t * h * density;
+  Vec h = splat(0.0619646329f * kInvSqrt2Pi);
+  h = fma(h, t, splat(-0.234606194f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.231687237f * kInvSqrt2Pi));
+  h = fma(h, t, splat(-0.0161688274f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.182421135f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.209631049f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.25839496f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.279989883f * kInvSqrt2Pi));
+  h = fma(h, t, splat(0.280000048f * kInvSqrt2Pi));
+  gaussian = exp(a * a * splat(-0.5f));
+  return t * h * gaussian;
 }
 
-// GELU's limits where the formulas would meet inf * 0: x itself above 20 and
-// -0 below -20 (beyond either point float32 cannot tell the difference).
-inline Vec gelu_limits(Vec x, Vec y, Vec above, Vec below) {
-  y = select(greater(x, splat(20.0f)), above, y);
-  return select(less(x, splat(-20.0f)), below, y);
+// Where |x| > 20 the formulas below would meet inf * 0 at x = ±inf (and the
+// reciprocal its NaN); float32 cannot tell GELU there from its limits, so
+// take `at_plus` for x > 20 and `at_minus` for x < -20.
+inline Vec gelu_limits(Vec x, Vec y, Mask non_negative, Vec at_plus, Vec at_minus) {
+  return select(greater(abs(x), splat(20.0f)), select(non_negative, at_plus, at_minus), y);
 }
 
 // GELU(x) = x Φ(x), exact (erf) form: x - x Q(x) for x >= 0 and x Q(-x) below.
 // Max abs error vs float64 over |x| <= 10: 2.4e-7 (final rounding dominates).
 inline Vec gelu_erf(Vec x) {
-  Vec density;
-  const Vec q = normal_upper_tail(abs(x), density);
+  Vec gaussian;
+  const Vec q = normal_upper_tail(abs(x), gaussian);
   const Vec xq = x * q;
-  const Vec y = select(not_less(x, splat(0.0f)), x - xq, xq);
-  return gelu_limits(x, y, x, splat(-0.0f));
+  const Mask non_negative = not_less(x, splat(0.0f));
+  return gelu_limits(x, select(non_negative, x - xq, xq), non_negative, x, splat(-0.0f));
 }
 
 // d GELU / dx = Φ(x) + x φ(x).
 inline Vec gelu_erf_derivative(Vec x) {
-  Vec density;
-  const Vec q = normal_upper_tail(abs(x), density);
-  const Vec cdf = select(not_less(x, splat(0.0f)), splat(1.0f) - q, q);
-  return gelu_limits(x, fma(x, density, cdf), splat(1.0f), splat(0.0f));
+  Vec gaussian;
+  const Vec q = normal_upper_tail(abs(x), gaussian);
+  const Mask non_negative = not_less(x, splat(0.0f));
+  const Vec cdf = select(non_negative, splat(1.0f) - q, q);
+  const Vec d = fma(x * splat(kInvSqrt2Pi), gaussian, cdf);
+  return gelu_limits(x, d, non_negative, splat(1.0f), splat(0.0f));
 }
 
 // GPT-2's tanh form, 0.5 x (1 + tanh(u)) with u = √(2/π)(x + 0.044715 x³),
@@ -95,7 +100,7 @@ inline Vec sigmoid_of_2u(Vec x, Vec* one_minus_s = nullptr, Vec* du_dx = nullptr
 }
 
 inline Vec gelu_tanh(Vec x) {
-  return gelu_limits(x, x * sigmoid_of_2u(x), x, splat(-0.0f));
+  return gelu_limits(x, x * sigmoid_of_2u(x), not_less(x, splat(0.0f)), x, splat(-0.0f));
 }
 
 // d/dx [x s(x)] with s = sigmoid(2u): s + x s (1 - s) 2 du/dx.
@@ -103,7 +108,7 @@ inline Vec gelu_tanh_derivative(Vec x) {
   Vec one_minus_s, du_dx;
   const Vec s = sigmoid_of_2u(x, &one_minus_s, &du_dx);
   const Vec d = fma(x * s * one_minus_s, du_dx * splat(2.0f), s);
-  return gelu_limits(x, d, splat(1.0f), splat(0.0f));
+  return gelu_limits(x, d, not_less(x, splat(0.0f)), splat(1.0f), splat(0.0f));
 }
 
 }  // namespace ssl_core::cpu::SSL_CORE_ISA
