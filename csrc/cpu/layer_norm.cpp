@@ -12,8 +12,11 @@
 // Memory traffic: forward reads x once and writes y once (plus 8 bytes a row);
 // backward reads dy and x once and writes dx once. Each row (3 KB at C = 768)
 // stays in L1 while it is worked on: the statistics are two passes over the
-// cached row (sum, then sum of squared deviations), which is exact enough for
-// rows with a large mean, unlike the one-pass E[x²] - E[x]².
+// cached row (sum, then sums of deviations from it), which stays exact for
+// rows with a large mean, unlike the one-pass E[x²] - E[x]². The next row is
+// prefetched, and outputs too large for the threads' L2 caches are written
+// with non-temporal stores, so a large forward moves 2 bytes per byte of x
+// instead of the 3 a cached copy moves.
 //
 // Threads take whole rows. In backward each thread adds dy * xhat and dy into
 // per-chunk partial sums; chunks are fixed groups of rows decided by N alone,
