@@ -196,7 +196,6 @@ inline void write_vectors(float* out, int64_t n, bool streaming, F value) {
   for (; j + kWidth <= n; j += kWidth) store(out + j, value(j, kWidth));
   if (j < n) store(out + j, value(j, static_cast<int>(n - j)), static_cast<int>(n - j));
 }
-inline Vec operator-(Vec a) { return splat(0.0f) - a; }
 inline Vec& operator+=(Vec& a, Vec b) { return a = a + b; }
 
 }  // namespace ssl_core::cpu::SSL_CORE_ISA
