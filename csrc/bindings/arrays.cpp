@@ -7,6 +7,34 @@
 namespace ssl_core::bindings {
 namespace {
 
+// The byte range [begin, end) an array's elements span.
+std::pair<uintptr_t, uintptr_t> extent(const py::array& a) {
+  auto begin = reinterpret_cast<uintptr_t>(a.data()), end = begin;
+  if (a.size() == 0) return {begin, begin};
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    const py::ssize_t reach = (a.shape(d) - 1) * a.strides(d);
+    (reach < 0 ? begin : end) += reach;
+  }
+  return {begin, end + a.itemsize()};
+}
+
+bool same_view(const py::array& a, const py::array& b) {
+  return a.data() == b.data() && shape_of(a) == shape_of(b) &&
+         std::equal(a.strides(), a.strides() + a.ndim(), b.strides());
+}
+
+// Whether some element of a is also an element of b. Extents that do not
+// meet settle it at once; interleaved views (q, k and v of one fused QKV
+// array) need NumPy's exact test.
+bool overlap(const py::array& a, const py::array& b) {
+  auto [a0, a1] = extent(a);
+  auto [b0, b1] = extent(b);
+  if (!(a0 < b1 && b0 < a1)) return false;
+  return py::module_::import("numpy").attr("shares_memory")(a, b).cast<bool>();
+}
+
+}  // namespace
+
 py::array float32_ndarray(py::handle obj, const char* name) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy.ndarray of float32, got " +
@@ -28,29 +56,21 @@ void require_writable(const py::array& a, const char* name) {
   if (!a.writeable()) throw py::value_error(std::string(name) + " must be a writable array");
 }
 
-// The byte range [begin, end) an array's elements span.
-std::pair<uintptr_t, uintptr_t> extent(const py::array& a) {
-  auto begin = reinterpret_cast<uintptr_t>(a.data()), end = begin;
-  if (a.size() == 0) return {begin, begin};
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    const py::ssize_t reach = (a.shape(d) - 1) * a.strides(d);
-    (reach < 0 ? begin : end) += reach;
+void require_distinct_elements(const py::array& a, const char* name) {
+  // Axes by increasing stride: each must step past everything the inner
+  // ones reach, or two indices would name one element.
+  std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, size)
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) > 1) axes.emplace_back(a.strides(d) < 0 ? -a.strides(d) : a.strides(d), a.shape(d));
+  std::sort(axes.begin(), axes.end());
+  py::ssize_t reach = a.itemsize();
+  for (const auto& [stride, size] : axes) {
+    if (stride < reach)
+      throw py::value_error(std::string(name) + " has strides " + shape_string(Shape(a.strides(), a.strides() + a.ndim())) +
+                            " under which elements overlap; an output needs distinct elements");
+    reach = stride * (size - 1) + reach;
   }
-  return {begin, end + a.itemsize()};
 }
-
-bool same_view(const py::array& a, const py::array& b) {
-  return a.data() == b.data() && shape_of(a) == shape_of(b) &&
-         std::equal(a.strides(), a.strides() + a.ndim(), b.strides());
-}
-
-bool overlap(const py::array& a, const py::array& b) {
-  auto [a0, a1] = extent(a);
-  auto [b0, b1] = extent(b);
-  return a0 < b1 && b0 < a1;
-}
-
-}  // namespace
 
 std::string shape_string(const Shape& shape) {
   std::ostringstream s;
@@ -136,7 +156,7 @@ void require_same_shape(const RowsArg& a, const RowsArg& b) {
 }
 
 void require_no_overlap(const std::vector<std::pair<const char*, py::array>>& outputs,
-                        const std::vector<std::pair<const char*, py::array>>& inputs) {
+                        const std::vector<std::pair<const char*, py::array>>& inputs, bool allow_in_place) {
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& [out_name, out] = outputs[i];
     for (size_t j = i + 1; j < outputs.size(); ++j)
@@ -144,10 +164,11 @@ void require_no_overlap(const std::vector<std::pair<const char*, py::array>>& ou
         throw py::value_error(std::string("outputs ") + out_name + " and " + outputs[j].first +
                               " share memory");
     for (const auto& [in_name, in] : inputs)
-      if (overlap(out, in) && !same_view(out, in))
-        throw py::value_error(std::string(out_name) + " partly overlaps input " + in_name +
-                              "; an output may be the very same array as an input (in place) "
-                              "but must not otherwise share its memory");
+      if (overlap(out, in) && !(allow_in_place && same_view(out, in)))
+        throw py::value_error(std::string(out_name) + (allow_in_place ? " partly overlaps input " : " shares memory with input ") +
+                              in_name + (allow_in_place ? "; an output may be the very same array as an input (in place) "
+                                                          "but must not otherwise share its memory"
+                                                        : "; this op cannot work in place"));
   }
 }
 

@@ -26,6 +26,13 @@ struct RowsArg {
 std::string shape_string(const Shape& shape);
 Shape shape_of(const py::array& a);
 
+// `obj` must be a NumPy array of float32 (TypeError naming `name` otherwise).
+py::array float32_ndarray(py::handle obj, const char* name);
+void require_shape(const py::array& a, const char* name, const Shape& shape);
+void require_writable(const py::array& a, const char* name);
+// No two indices of `a` may address the same element (outputs).
+void require_distinct_elements(const py::array& a, const char* name);
+
 // `obj` must be a NumPy float32 array of at least one dimension whose last
 // axis is contiguous and whose leading axes collapse into one row stride.
 RowsArg rows_arg(py::handle obj, const char* name);
@@ -42,8 +49,10 @@ void require_same_shape(const RowsArg& a, const RowsArg& b);
 
 // Every output must be disjoint from every other output and from every input,
 // except that an output may be exactly the same array view as an input (in
-// place). Kernels that allow this read each element before writing it.
+// place) when `allow_in_place`. Kernels that allow this read each element
+// before writing it.
 void require_no_overlap(const std::vector<std::pair<const char*, py::array>>& outputs,
-                        const std::vector<std::pair<const char*, py::array>>& inputs);
+                        const std::vector<std::pair<const char*, py::array>>& inputs,
+                        bool allow_in_place = true);
 
 }  // namespace ssl_core::bindings

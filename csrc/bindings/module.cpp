@@ -80,4 +80,5 @@ PYBIND11_MODULE(_C, m) {
 
   bindings::bind_norm(m);
   bindings::bind_activation(m);
+  bindings::bind_attention(m);
 }

@@ -47,6 +47,17 @@ void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, GeluApproxima
   SSL_CORE_PICK(gelu_backward)(dx, dy, x, approximate);
 }
 
+void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,
+                       const AttentionOptions& options) {
+  SSL_CORE_PICK(attention_forward)(out, lse, q, k, v, options);
+}
+
+void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, ConstHeadsView q,
+                        ConstHeadsView k, ConstHeadsView v, ConstHeadsView out, const float* lse,
+                        const AttentionOptions& options) {
+  SSL_CORE_PICK(attention_backward)(dq, dk, dv, dout, q, k, v, out, lse, options);
+}
+
 void copy_memory(void* dst, const void* src, int64_t bytes) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t blocks = (bytes + kBlock - 1) / kBlock;

@@ -130,6 +130,14 @@ bool openmp_enabled() {
 #endif
 }
 
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 bool prefer_streaming_stores(int64_t output_bytes) {
   static const int64_t l2_bytes = [] {
 #ifdef _SC_LEVEL2_CACHE_SIZE

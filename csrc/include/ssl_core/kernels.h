@@ -11,12 +11,15 @@
 // are written, or added to (+=) when `accumulate` is true.
 #pragma once
 
+#include "ssl_core/attention.h"
 #include "ssl_core/views.h"
 
 namespace ssl_core::cpu {
 
 enum class GeluApproximation { none, tanh };
 
+// Attention shapes (attention.h): q, out, dq, dout (B, Tq, H, D); k, v, dk, dv
+// (B, Tk, H, D); lse (B, H, Tq) contiguous.
 // Shapes: x, y (N, C); weight, bias (C,); mean, rstd (N,).
 // y may be the same memory as x (in place).
 #define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
@@ -28,7 +31,13 @@ enum class GeluApproximation { none, tanh };
                            const float* rstd, bool accumulate);                  \
   void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate); \
   void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x,             \
-                     GeluApproximation approximate);
+                     GeluApproximation approximate);                             \
+  void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, \
+                         ConstHeadsView v, const AttentionOptions& options);             \
+  void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, \
+                          ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,         \
+                          ConstHeadsView out, const float* lse,                          \
+                          const AttentionOptions& options);
 
 namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
 namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }

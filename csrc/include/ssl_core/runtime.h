@@ -34,6 +34,10 @@ bool openmp_enabled();
 // function shared by those files could be linked in its AVX-512 form.)
 int threads_for(int64_t work_items, int64_t min_items_per_thread);
 
+// The calling thread's number inside a parallel region of the kernels, from
+// 0; 0 outside one.
+int thread_index();
+
 // Whether a kernel writing `output_bytes` should use non-temporal stores: when
 // the output cannot stay in the threads' L2 caches anyway, streaming it to
 // memory saves the read-for-ownership of every line it writes.

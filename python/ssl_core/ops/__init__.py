@@ -2,6 +2,16 @@
 array type (NumPy arrays run the CPU kernels)."""
 
 from ssl_core.ops.activation import gelu, gelu_backward
+from ssl_core.ops.attention import attention, attention_backward, attention_forward
 from ssl_core.ops.layer_norm import layer_norm, layer_norm_backward, layer_norm_forward
 
-__all__ = ["gelu", "gelu_backward", "layer_norm", "layer_norm_backward", "layer_norm_forward"]
+__all__ = [
+    "attention",
+    "attention_backward",
+    "attention_forward",
+    "gelu",
+    "gelu_backward",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+]

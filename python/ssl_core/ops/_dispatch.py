@@ -17,11 +17,11 @@ def require_numpy(**arrays):
             )
 
 
-def split_out(out, names):
-    """The output arrays of an op that returns several: ``out`` is None or a
-    tuple with one array (or None) per name."""
+def split_out(out, names, arg="out"):
+    """The output arrays of an op that returns several: ``out`` (the argument
+    called ``arg``) is None or a tuple with one array (or None) per name."""
     if out is None:
         return (None,) * len(names)
     if not isinstance(out, (tuple, list)) or len(out) != len(names):
-        raise TypeError(f"out must be a tuple ({', '.join(names)}) of arrays or None, got {out!r:.80}")
+        raise TypeError(f"{arg} must be a tuple ({', '.join(names)}) of arrays or None, got {out!r:.80}")
     return tuple(out)

@@ -1,0 +1,240 @@
+// Attention backward, fast path: dq, dk, dv from dout, recomputing the
+// probabilities from the forward's log-sum-exp instead of storing them.
+// (Specification: reference.cpp. Shapes and masks: attention.h.)
+//
+// FlashAttention-2's order (Dao 2023, algorithm 2): a task owns a range of
+// key blocks of one head and, for each, runs over the query blocks that may
+// see it, accumulating dk and dv for its keys in place and dq for every query
+// in a per-task buffer. Per tile (keys x queries, attention_tiles.h):
+//   p^T  = exp(k q^T * scale - lse)          probabilities, recomputed
+//   dp^T = v dout^T                          gradient of the probabilities
+//   ds^T = p^T o (dp^T - delta) * scale      delta_i = dout_i . out_i
+//   dv  += p^T dout,  dk += ds^T q,  dq += ds k
+// five small products (gemm_tile.h). With dropout, p and dp carry the
+// regenerated factors (philox.h). Heads are split over key ranges only as far
+// as needed for kMinTasks tasks, a number fixed by the shape alone, and
+// partial dq are summed in a fixed order: the results do not depend on the
+// thread count.
+#include <algorithm>
+#include <cmath>
+
+#include "attention_tiles.h"
+#include "gemm_tile.h"
+#include "ssl_core/kernels.h"
+#include "ssl_core/runtime.h"
+#include "ssl_core/simd_math.h"
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+namespace {
+
+constexpr int64_t kKeyBlock = 64;
+constexpr int64_t kMinTasks = 8;
+
+struct Shape {
+  int64_t B, H, Tq, Tk, D;
+  int64_t padded_dim;    // D rounded up to whole vectors
+  bool pad_rows;         // D % kWidth != 0: rows used as a product's B operand are copied, padded
+  int64_t query_blocks;  // of kQueryBlock
+  int64_t key_blocks;    // of kKeyBlock
+  int64_t chunks;        // tasks per head
+};
+
+// Per-thread memory, carved from one allocation made before the threads
+// start (an exception must not escape an OpenMP region).
+struct BackwardScratch {
+  static int64_t floats(const Shape& s) {
+    const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
+    return 2 * queries * s.D + queries + (s.pad_rows ? 2 * s.Tq * Dp : 0) + s.Tq * Dp +
+           3 * kKeyBlock * kQueryBlock + 3 * kKeyBlock * Dp + 64;
+  }
+  BackwardScratch(float* base, const Shape& s) {
+    const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
+    auto take = [&base](int64_t n) { float* p = base; base += round_up(n, 16); return p; };
+    q_t = take(queries * s.D);
+    dout_t = take(queries * s.D);
+    delta = take(queries);
+    q_rows = s.pad_rows ? take(s.Tq * Dp) : nullptr;
+    dout_rows = s.pad_rows ? take(s.Tq * Dp) : nullptr;
+    dq = take(s.Tq * Dp);
+    scores = take(kKeyBlock * kQueryBlock);
+    dscores = take(kKeyBlock * kQueryBlock);
+    bias = take(kKeyBlock * kQueryBlock);
+    dk = take(kKeyBlock * Dp);
+    dv = take(kKeyBlock * Dp);
+    k_rows = take(kKeyBlock * Dp);
+  }
+  float *q_t, *dout_t;                // (query_blocks, D, kQueryBlock): packed transposed
+  float* delta;                       // (query_blocks * kQueryBlock,)
+  float *q_rows, *dout_rows, *dq;     // (Tq, Dp)
+  float *scores, *dscores, *bias;     // (kKeyBlock, kQueryBlock)
+  float *dk, *dv, *k_rows;            // (kKeyBlock, Dp)
+};
+
+// A matrix operand of rows of D floats: the input in place when D is whole
+// vectors, else the padded copy.
+struct Rows {
+  const float* data;
+  int64_t stride;
+};
+
+// Turns a tile's scores and dout.v products into the dropped probabilities
+// (for dv) and the score gradients times scale (for dk and dq), in place.
+void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t nk, int64_t nq,
+                      float scale, const float* lse, const float* delta, const Dropout& dropout,
+                      int64_t b, int64_t h, int64_t i0, int64_t j0) {
+  Vec lse_v[kQueryVectors], delta_v[kQueryVectors];
+  for (int v = 0; v < kQueryVectors; ++v) {
+    const int64_t lanes = std::min<int64_t>(kWidth, nq - v * kWidth);
+    lse_v[v] = lanes <= 0 ? splat(0.0f) : lanes == kWidth ? load(lse + v * kWidth)
+                                                          : load(lse + v * kWidth, static_cast<int>(lanes));
+    delta_v[v] = load(delta + v * kWidth);
+  }
+  const Vec vscale = splat(scale);
+  auto row = [&](int64_t j, const Vec* factor) {
+    for (int v = 0; v < kQueryVectors; ++v) {
+      float* s = scores + j * kQueryBlock + v * kWidth;
+      float* ds = dscores + j * kQueryBlock + v * kWidth;
+      Vec x = load(s) * vscale;
+      if (bias) x = x + load(bias + j * kQueryBlock + v * kWidth);
+      const Vec p = exp(x - lse_v[v]);
+      Vec dp = load(ds);
+      if (factor) dp = dp * factor[v];
+      store(ds, p * (dp - delta_v[v]) * vscale);
+      store(s, factor ? p * factor[v] : p);
+    }
+  };
+  if (dropout.enabled) {
+    for_each_dropout_row(dropout, b, h, i0, j0, nk, row);
+  } else {
+    for (int64_t j = 0; j < nk; ++j) row(j, nullptr);
+  }
+}
+
+void write_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r) std::copy(src + r * src_stride, src + r * src_stride + D, dst + r * dst_stride);
+}
+
+struct Inputs {
+  ConstHeadsView dout, q, k, v, out;
+  const float* lse;
+};
+
+// Packs what every key block of head (b, h) reads: q and dout transposed per
+// query block, their padded rows if needed, and delta.
+void pack_head(const Inputs& in, const Shape& s, int64_t b, int64_t h, BackwardScratch& t) {
+  const float *q = in.q.head(b, h), *dout = in.dout.head(b, h), *out = in.out.head(b, h);
+  for (int64_t qb = 0; qb < s.query_blocks; ++qb) {
+    const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
+    pack_transposed(t.q_t + qb * s.D * kQueryBlock, q + i0 * in.q.seq_stride, in.q.seq_stride, nq, s.D);
+    pack_transposed(t.dout_t + qb * s.D * kQueryBlock, dout + i0 * in.dout.seq_stride, in.dout.seq_stride,
+                    nq, s.D);
+  }
+  for (int64_t i = 0; i < s.query_blocks * kQueryBlock; ++i) {
+    float sum = 0.0f;
+    if (i < s.Tq)
+      for (int64_t d = 0; d < s.D; ++d) sum += dout[i * in.dout.seq_stride + d] * out[i * in.out.seq_stride + d];
+    t.delta[i] = sum;
+  }
+  if (s.pad_rows) {
+    pack_rows(t.q_rows, s.padded_dim, q, in.q.seq_stride, s.Tq, s.D);
+    pack_rows(t.dout_rows, s.padded_dim, dout, in.dout.seq_stride, s.Tq, s.D);
+  }
+}
+
+// One task: key blocks [kb_begin, kb_end) of head (b, h). Writes their dk and
+// dv rows, and this task's share of dq (all Tq rows) to dq_rows.
+void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int64_t dq_stride,
+               const Shape& s, const AttentionOptions& options, const Dropout& dropout, int64_t b,
+               int64_t h, int64_t kb_begin, int64_t kb_end, BackwardScratch& t) {
+  const int64_t D = s.D, Dp = s.padded_dim;
+  const HeadMask hm = head_mask(options.mask, b, h, s.Tq, s.Tk);
+  const float *k_head = in.k.head(b, h), *v_head = in.v.head(b, h);
+  const float* lse = in.lse + (b * s.H + h) * s.Tq;
+  const int64_t ks = in.k.seq_stride, vs = in.v.seq_stride;
+  pack_head(in, s, b, h, t);
+  const Rows q_rows = s.pad_rows ? Rows{t.q_rows, Dp} : Rows{in.q.head(b, h), in.q.seq_stride};
+  const Rows dout_rows = s.pad_rows ? Rows{t.dout_rows, Dp} : Rows{in.dout.head(b, h), in.dout.seq_stride};
+  std::fill(t.dq, t.dq + s.Tq * Dp, 0.0f);
+
+  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+    const int64_t j0 = kb * kKeyBlock, nk = std::min(kKeyBlock, s.Tk - j0);
+    const int64_t visible = std::max<int64_t>(0, std::min(nk, hm.key_end - j0));  // keys past are padding
+    std::fill(t.dk, t.dk + nk * Dp, 0.0f);
+    std::fill(t.dv, t.dv + nk * Dp, 0.0f);
+    Rows k_rows{k_head + j0 * ks, ks};
+    if (s.pad_rows && visible > 0) {
+      pack_rows(t.k_rows, Dp, k_rows.data, ks, visible, D);
+      k_rows = {t.k_rows, Dp};
+    }
+    const int64_t qb_first = visible > 0 ? first_query_seeing(hm, j0) / kQueryBlock : s.query_blocks;
+    for (int64_t qb = qb_first; qb < s.query_blocks; ++qb) {
+      const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
+      const bool unmasked = tile_unmasked(hm, i0, j0 + visible);
+      if (!unmasked && !tile_bias(hm, i0, nq, j0, visible, t.bias)) continue;
+      gemm<false>(visible, kQueryBlock, D, {k_head + j0 * ks, ks, 1}, t.q_t + qb * D * kQueryBlock,
+                  kQueryBlock, t.scores, kQueryBlock);
+      gemm<false>(visible, kQueryBlock, D, {v_head + j0 * vs, vs, 1}, t.dout_t + qb * D * kQueryBlock,
+                  kQueryBlock, t.dscores, kQueryBlock);
+      softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
+                       lse + i0, t.delta + i0, dropout, b, h, i0, j0);
+      gemm<true>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, dout_rows.data + i0 * dout_rows.stride,
+                 dout_rows.stride, t.dv, Dp);
+      gemm<true>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, q_rows.data + i0 * q_rows.stride,
+                 q_rows.stride, t.dk, Dp);
+      gemm<true>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, k_rows.data, k_rows.stride,
+                 t.dq + i0 * Dp, Dp);
+    }
+    write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D);
+    write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D);
+  }
+  write_rows(dq_rows, dq_stride, t.dq, Dp, s.Tq, D);
+}
+
+}  // namespace
+
+void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, ConstHeadsView q,
+                        ConstHeadsView k, ConstHeadsView v, ConstHeadsView out, const float* lse,
+                        const AttentionOptions& options) {
+  Shape s{q.batch, q.heads, q.seq, k.seq, q.dim, round_up(q.dim, kWidth), q.dim % kWidth != 0,
+          ceil_div(q.seq, kQueryBlock), ceil_div(k.seq, kKeyBlock), 1};
+  const int64_t heads = s.B * s.H;
+  if (heads == 0) return;
+  s.chunks = std::max<int64_t>(1, std::min(s.key_blocks, ceil_div(kMinTasks, heads)));
+  const int64_t blocks_per_chunk = std::max<int64_t>(1, ceil_div(s.key_blocks, s.chunks));
+  s.chunks = std::max<int64_t>(1, ceil_div(s.key_blocks, blocks_per_chunk));
+  const int64_t tasks = heads * s.chunks;
+  const Inputs in{dout, q, k, v, out, lse};
+  const Dropout dropout = make_dropout(options);
+
+  // Chunks of a split head write their share of dq here, summed below.
+  ScratchBuffer<float> partial_dq(s.chunks > 1 ? tasks * s.Tq * s.D : 0);
+  const int threads = threads_for(tasks, 1);
+  const int64_t per_thread = round_up(BackwardScratch::floats(s), 16);
+  ScratchBuffer<float> pool(threads * per_thread);
+#pragma omp parallel num_threads(threads)
+  {
+    BackwardScratch scratch(pool.get() + per_thread * thread_index(), s);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t bh = task / s.chunks, chunk = task % s.chunks, b = bh / s.H, h = bh % s.H;
+      const int64_t kb_begin = chunk * blocks_per_chunk;
+      const int64_t kb_end = std::min(s.key_blocks, kb_begin + blocks_per_chunk);
+      float* dq_rows = s.chunks > 1 ? partial_dq.get() + task * s.Tq * s.D : dq.head(b, h);
+      const int64_t dq_stride = s.chunks > 1 ? s.D : dq.seq_stride;
+      key_range(in, dk, dv, dq_rows, dq_stride, s, options, dropout, b, h, kb_begin, kb_end, scratch);
+    }
+    if (s.chunks > 1) {
+#pragma omp for schedule(static)
+      for (int64_t row = 0; row < heads * s.Tq; ++row) {
+        const int64_t bh = row / s.Tq, i = row % s.Tq;
+        float* dst = dq.head(bh / s.H, bh % s.H) + i * dq.seq_stride;
+        const float* src = partial_dq.get() + (bh * s.chunks * s.Tq + i) * s.D;
+        std::copy(src, src + s.D, dst);
+        for (int64_t c = 1; c < s.chunks; ++c)
+          for (int64_t d = 0; d < s.D; ++d) dst[d] += src[c * s.Tq * s.D + d];
+      }
+    }
+  }
+}
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA

@@ -1,0 +1,162 @@
+// What the attention forward and backward kernels share: the block sizes, the
+// mask of one (query block x key block) tile, dropout factors and packing.
+//
+// Both kernels work on transposed score tiles S^T (keys x queries): a row
+// holds one key against kQueryBlock queries, so every per-query quantity of
+// the softmax (running max, sum, log-sum-exp) lives in the lanes of a vector
+// and the softmax needs no horizontal reductions.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "ssl_core/attention.h"
+#include "ssl_core/philox.h"
+#include "ssl_core/simd.h"
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+
+constexpr int64_t kQueryBlock = 64;  // queries in a tile: the lanes of S^T rows
+static_assert(kQueryBlock % kWidth == 0 && kQueryBlock % 4 == 0, "query block of whole vectors");
+constexpr int kQueryVectors = static_cast<int>(kQueryBlock / kWidth);
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// The mask arguments resolved for one (batch, head).
+struct HeadMask {
+  int64_t key_end;     // keys >= key_end are padding
+  bool structured;     // causal or prefix: query i sees j <= i + offset or j < prefix
+  int64_t offset;      // Tk - Tq (bottom-right alignment)
+  int64_t prefix;      // 0 without prefix_lengths
+  const uint8_t* bits;  // explicit mask at (b, h, 0, 0), or null
+  int64_t bits_query_stride, bits_key_stride;
+};
+
+inline HeadMask head_mask(const AttentionMask& m, int64_t b, int64_t h, int64_t Tq, int64_t Tk) {
+  HeadMask hm{Tk, m.causal || m.prefix_lengths, Tk - Tq, 0, nullptr, 0, 0};
+  if (m.key_lengths) hm.key_end = m.key_lengths[b];
+  if (m.prefix_lengths) hm.prefix = m.prefix_lengths[b];
+  if (m.mask) {
+    hm.bits = m.mask + b * m.mask_strides[0] + h * m.mask_strides[1];
+    hm.bits_query_stride = m.mask_strides[2];
+    hm.bits_key_stride = m.mask_strides[3];
+  }
+  return hm;
+}
+
+inline bool may_attend(const HeadMask& hm, int64_t i, int64_t j) {
+  if (j >= hm.key_end) return false;
+  if (hm.structured && j > i + hm.offset && j >= hm.prefix) return false;
+  return !hm.bits || hm.bits[i * hm.bits_query_stride + j * hm.bits_key_stride];
+}
+
+// Keys that some query in [0, last_query] may see lie below this.
+inline int64_t visible_key_end(const HeadMask& hm, int64_t last_query) {
+  int64_t end = hm.key_end;
+  if (hm.structured) {
+    const int64_t diagonal = last_query + hm.offset + 1;
+    const int64_t reach = diagonal > hm.prefix ? diagonal : hm.prefix;
+    if (reach < end) end = reach;
+  }
+  return end > 0 ? end : 0;
+}
+
+// The first query that may see key `key` through the structured masks.
+inline int64_t first_query_seeing(const HeadMask& hm, int64_t key) {
+  if (!hm.structured || key < hm.prefix) return 0;
+  return key - hm.offset > 0 ? key - hm.offset : 0;
+}
+
+// True when every query from first_query on may see every key below key_end
+// without an elementwise mask.
+inline bool tile_unmasked(const HeadMask& hm, int64_t first_query, int64_t key_end) {
+  if (hm.bits || key_end > hm.key_end) return false;
+  return !hm.structured || key_end - 1 <= first_query + hm.offset || key_end <= hm.prefix;
+}
+
+// bias[j][i] = 0 where query i0 + i may attend to key j0 + j, else -inf, for
+// the tile's nk keys and nq queries (lanes past nq are left at 0). Returns
+// whether any pair may attend: a tile that returns false is skipped.
+inline bool tile_bias(const HeadMask& hm, int64_t i0, int64_t nq, int64_t j0, int64_t nk, float* bias) {
+  bool any = false;
+  for (int64_t j = 0; j < nk; ++j) {
+    float* row = bias + j * kQueryBlock;
+    for (int64_t i = 0; i < kQueryBlock; ++i) {
+      const bool allowed = i >= nq || may_attend(hm, i0 + i, j0 + j);
+      row[i] = allowed ? 0.0f : kMinusInf;
+      any |= allowed && i < nq;
+    }
+  }
+  return any;
+}
+
+// Dropout: factor 1/(1 - p) where the weight is kept, 0 where dropped.
+struct Dropout {
+  bool enabled;
+  uint32_t threshold;
+  float keep_scale;
+  uint64_t seed;
+};
+
+inline Dropout make_dropout(const AttentionOptions& options) {
+  return {options.dropout_p > 0, dropout_threshold(options.dropout_p),
+          static_cast<float>(1.0 / (1.0 - options.dropout_p)), options.seed};
+}
+
+// factors[w][v] (w < 4 keys from the 4-aligned key j4, v < kQueryVectors):
+// the dropout factors of queries i0 + v * kWidth + lane (see philox.h).
+inline void dropout_factors(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j4,
+                            Vec factors[4][kQueryVectors]) {
+  PhiloxLanes lane{};
+  for (int l = 0; l < kWidth; ++l) lane[l] = static_cast<uint32_t>(l);
+  const PhiloxLanes zero{};
+  for (int v = 0; v < kQueryVectors; ++v) {
+    const PhiloxLanes query = lane + static_cast<uint32_t>(i0 + v * kWidth);
+    const PhiloxBlocks words = philox4x32(zero + static_cast<uint32_t>(j4 / 4), query,
+                                          zero + static_cast<uint32_t>(h), zero + static_cast<uint32_t>(b),
+                                          dropout.seed);
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &dropout.keep_scale, sizeof scale_bits);
+    for (int w = 0; w < 4; ++w) {
+      const PhiloxLanes kept = (PhiloxLanes)(words.w[w] >= dropout.threshold);  // all ones or 0
+      const PhiloxLanes bits = kept & scale_bits;
+      std::memcpy(&factors[w][v], &bits, sizeof bits);
+    }
+  }
+}
+
+// Calls body(j, factor[kQueryVectors]) for each key row j < nk of a tile that
+// starts at key j0 (a multiple of 4).
+template <class Body>
+inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j0,
+                                 int64_t nk, Body body) {
+  Vec factors[4][kQueryVectors];
+  for (int64_t g = 0; g < nk; g += 4) {
+    dropout_factors(dropout, b, h, i0, j0 + g, factors);
+    for (int64_t w = 0; w < 4 && g + w < nk; ++w) body(g + w, factors[w]);
+  }
+}
+
+// dst[d][i] = src row i, element d, for i < nq; lanes up to kQueryBlock are 0.
+inline void pack_transposed(float* dst, const float* src, int64_t row_stride, int64_t nq, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) {
+    float* out = dst + d * kQueryBlock;
+    for (int64_t i = 0; i < nq; ++i) out[i] = src[i * row_stride + d];
+    for (int64_t i = nq; i < kQueryBlock; ++i) out[i] = 0.0f;
+  }
+}
+
+// dst rows of `padded` floats: the first D from src rows, then zeros.
+inline void pack_rows(float* dst, int64_t padded, const float* src, int64_t row_stride, int64_t rows,
+                      int64_t D) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < D; ++d) dst[r * padded + d] = src[r * row_stride + d];
+    for (int64_t d = D; d < padded; ++d) dst[r * padded + d] = 0.0f;
+  }
+}
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA

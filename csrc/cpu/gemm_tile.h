@@ -1,0 +1,108 @@
+// Small matrix products on register tiles: the inner loops of the attention
+// kernels (csrc/cpu/attention_*.cpp).
+//
+//   C (rows x cols) (+)= A (rows x depth) . B (depth x cols)
+//
+// B and C are row-major with cols a multiple of kWidth (the callers pad them),
+// and A is read one element at a time through two strides, A(r, k) =
+// a[r * a_row + k * a_k], so the same kernel multiplies by A or by its
+// transpose without copying. The micro-kernel keeps a kTileRows x
+// kTileVectors block of C in registers and for each k broadcasts one element
+// of A per row against kTileVectors vectors of B: the outer-product form of
+// BLIS and llm.c's matmul, sized so that the FMA units, not the loads, set
+// the pace (6 x 4 zmm: 10 loads feed 24 FMAs).
+//
+// The attention tiles are small (depth 64..256), which is why a BLAS call per
+// tile would not pay: its packing and dispatch cost as much as the product.
+#pragma once
+
+#include <cstdint>
+
+#include "ssl_core/simd.h"
+
+namespace ssl_core::cpu::SSL_CORE_ISA {
+
+#if defined(__AVX512F__)
+constexpr int kTileRows = 6, kTileVectors = 4;  // 24 of 32 registers accumulate
+#else
+constexpr int kTileRows = 6, kTileVectors = 2;  // 12 of 16
+#endif
+
+// A(r, k) = data[r * row_step + k * k_step].
+struct StridedA {
+  const float* data;
+  int64_t row_step, k_step;
+};
+
+template <int Rows, int Vectors, bool Accumulate>
+inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int64_t ldb,
+                      float* __restrict c, int64_t ldc) {
+  Vec acc[Rows][Vectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v)
+      acc[r][v] = Accumulate ? load(c + r * ldc + v * kWidth) : splat(0.0f);
+  const float* a_rows[Rows];
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r) a_rows[r] = a.data + r * a.row_step;
+  for (int64_t k = 0; k < depth; ++k) {
+    Vec bk[Vectors];
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) bk[v] = load(b + k * ldb + v * kWidth);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      const Vec ar = splat(a_rows[r][k * a.k_step]);
+#pragma GCC unroll 8
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = fma(ar, bk[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
+}
+
+// All rows of one strip of `Vectors` vector columns.
+template <int Vectors, bool Accumulate>
+void gemm_strip(int64_t rows, int64_t depth, StridedA a, const float* b, int64_t ldb, float* c,
+                int64_t ldc) {
+  int64_t r = 0;
+  for (; r + kTileRows <= rows; r += kTileRows)
+    gemm_tile<kTileRows, Vectors, Accumulate>(depth, {a.data + r * a.row_step, a.row_step, a.k_step},
+                                              b, ldb, c + r * ldc, ldc);
+  const StridedA rest{a.data + r * a.row_step, a.row_step, a.k_step};
+  float* c_rest = c + r * ldc;
+  switch (rows - r) {  // the last rows, in one tile of their own height
+    case 1: return gemm_tile<1, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    case 2: return gemm_tile<2, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    case 3: return gemm_tile<3, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    case 4: return gemm_tile<4, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    case 5: return gemm_tile<5, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    default: return;
+  }
+}
+static_assert(kTileRows == 6, "gemm_strip handles remainders of up to 5 rows");
+
+template <int Vectors, bool Accumulate>
+void gemm_strip_of_width(int vectors, int64_t rows, int64_t depth, StridedA a, const float* b,
+                         int64_t ldb, float* c, int64_t ldc) {
+  if constexpr (Vectors > 1) {
+    if (vectors < Vectors)
+      return gemm_strip_of_width<Vectors - 1, Accumulate>(vectors, rows, depth, a, b, ldb, c, ldc);
+  }
+  gemm_strip<Vectors, Accumulate>(rows, depth, a, b, ldb, c, ldc);
+}
+
+// C = A B (Accumulate false) or C += A B (true). cols % kWidth == 0.
+template <bool Accumulate>
+void gemm(int64_t rows, int64_t cols, int64_t depth, StridedA a, const float* b, int64_t ldb,
+          float* c, int64_t ldc) {
+  for (int64_t col = 0; col < cols; col += kTileVectors * kWidth) {
+    const int64_t left = (cols - col) / kWidth;
+    const int vectors = static_cast<int>(left < kTileVectors ? left : kTileVectors);
+    gemm_strip_of_width<kTileVectors, Accumulate>(vectors, rows, depth, a, b + col, ldb, c + col, ldc);
+  }
+}
+
+}  // namespace ssl_core::cpu::SSL_CORE_ISA
