@@ -39,3 +39,109 @@ def gelu_derivative(x, approximate="none"):
         t = np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3))
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
     return 0.5 * erfc(-x / np.sqrt(2)) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
+# ------------------------------------------------------------------ attention --
+
+PHILOX_M0, PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+PHILOX_W0, PHILOX_W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+LOW_32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., 2011): four counter words and two key
+    words (array-likes that broadcast together) to four uint32 words."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in counter)
+    k0, k1 = (np.asarray(k, dtype=np.uint64) for k in key)
+    for _ in range(10):
+        p0, p1 = PHILOX_M0 * c0, PHILOX_M1 * c2  # exact: both factors < 2^32
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & LOW_32, (p0 >> 32) ^ c3 ^ k1, p0 & LOW_32
+        k0, k1 = (k0 + PHILOX_W0) & LOW_32, (k1 + PHILOX_W1) & LOW_32
+    return tuple(w.astype(np.uint32) for w in np.broadcast_arrays(c0, c1, c2, c3))
+
+
+def attention_keep(B, H, Tq, Tk, dropout_p, seed):
+    """The dropout keep mask, bool (B, H, Tq, Tk): word >= floor(p * 2^32), where
+    word is word j % 4 of Philox4x32-10 at counter (j // 4, i, h, b) and key
+    (low, high 32 bits of seed)."""
+    threshold = int(np.floor(dropout_p * 2.0**32))
+    b, h, i, j4 = np.ix_(np.arange(B), np.arange(H), np.arange(Tq), np.arange((Tk + 3) // 4))
+    words = philox4x32_10((j4, i, h, b), (seed & 0xFFFFFFFF, seed >> 32))
+    words = np.stack(words, axis=-1).reshape(B, H, Tq, -1)[..., :Tk]
+    return words >= threshold
+
+
+def attention_allowed(B, H, Tq, Tk, causal=False, key_lengths=None, prefix_lengths=None, mask=None):
+    """Which keys each query may attend, bool (B, H, Tq, Tk)."""
+    i = np.arange(Tq)[:, None]
+    j = np.arange(Tk)
+    allowed = np.ones((B, H, Tq, Tk), bool)
+    if key_lengths is not None:
+        allowed &= j < np.asarray(key_lengths)[:, None, None, None]
+    if mask is not None:
+        allowed &= np.broadcast_to(mask, (B, H, Tq, Tk))
+    if causal or prefix_lengths is not None:
+        visible = j <= i + (Tk - Tq)  # causal, aligned bottom-right
+        if prefix_lengths is not None:
+            visible = visible | (j < np.asarray(prefix_lengths)[:, None, None, None])
+        allowed &= visible
+    return allowed
+
+
+def _attention_probabilities(q, k, causal, key_lengths, prefix_lengths, mask, scale):
+    """Softmax probabilities P (B, H, Tq, Tk) over the allowed keys and lse (B, H, Tq)."""
+    B, Tq, H, D = q.shape
+    Tk = k.shape[1]
+    scale = 1 / np.sqrt(D) if scale is None else scale
+    s = scale * np.einsum("bihd,bjhd->bhij", q.astype(np.float64), k.astype(np.float64))
+    allowed = attention_allowed(B, H, Tq, Tk, causal, key_lengths, prefix_lengths, mask)
+    row_max = np.where(allowed, s, -np.inf).max(-1, keepdims=True, initial=-np.inf)
+    row_max[np.isinf(row_max)] = 0  # rows with no allowed key
+    e = np.exp(np.where(allowed, s - row_max, -np.inf))
+    total = e.sum(-1, keepdims=True)
+    empty = total == 0
+    p = e / np.where(empty, 1, total)
+    lse = np.where(empty, np.inf, row_max + np.log(np.where(empty, 1, total)))[..., 0]
+    return p, lse
+
+
+def _dropped(p, dropout_p, seed):
+    """P * keep / (1 - dropout_p), and that factor keep / (1 - dropout_p)."""
+    factor = attention_keep(*p.shape, dropout_p, seed) / (1 - dropout_p)
+    return p * factor, factor
+
+
+def attention(q, k, v, causal=False, key_lengths=None, prefix_lengths=None, mask=None, scale=None,
+              dropout_p=0.0, seed=0):
+    """softmax(Q K^T * scale + mask) V with dropout on P, in float64:
+    out (B, Tq, H, D) and lse (B, H, Tq)."""
+    p, lse = _attention_probabilities(q, k, causal, key_lengths, prefix_lengths, mask, scale)
+    p_drop, _ = _dropped(p, dropout_p, seed)
+    return np.einsum("bhij,bjhd->bihd", p_drop, v.astype(np.float64)), lse
+
+
+def _backward_terms(dout, q, k, v, causal=False, key_lengths=None, prefix_lengths=None, mask=None,
+                    scale=None, dropout_p=0.0, seed=0):
+    """P after dropout, and dS (B, H, Tq, Tk): the gradient of sum(dout * out)
+    with respect to the unscaled scores q_i . k_j."""
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    p, _ = _attention_probabilities(q, k, causal, key_lengths, prefix_lengths, mask, scale)
+    p_drop, factor = _dropped(p, dropout_p, seed)
+    dp = np.einsum("bihd,bjhd->bhij", dout.astype(np.float64), v.astype(np.float64)) * factor
+    ds = p * (dp - (p * dp).sum(-1, keepdims=True)) * scale  # softmax backward, then the scale
+    return p_drop, ds
+
+
+def attention_score_gradient(dout, q, k, v, **options):
+    """dS (B, H, Tq, Tk) in float64; options are the keyword arguments of attention()."""
+    return _backward_terms(dout, q, k, v, **options)[1]
+
+
+def attention_backward(dout, q, k, v, **options):
+    """Gradients (dq, dk, dv) of sum(dout * attention(q, k, v, **options)[0]), in float64."""
+    p_drop, ds = _backward_terms(dout, q, k, v, **options)
+    dout, q, k = (a.astype(np.float64) for a in (dout, q, k))
+    dq = np.einsum("bhij,bjhd->bihd", ds, k)
+    dk = np.einsum("bhij,bihd->bjhd", ds, q)
+    dv = np.einsum("bhij,bihd->bjhd", p_drop, dout)
+    return dq, dk, dv

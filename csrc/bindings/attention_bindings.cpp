@@ -32,6 +32,9 @@ HeadsArg heads_arg(py::handle obj, const char* name) {
   if (a.ndim() != 4)
     throw py::value_error(std::string(name) + " must have 4 dimensions (batch, seq, heads, head_dim), got shape " +
                           shape_string(shape_of(a)));
+  if (a.size() == 0)  // nothing to address: NumPy may give any strides
+    return {a, HeadsView{static_cast<float*>(const_cast<void*>(a.data())), a.shape(0), a.shape(1), a.shape(2),
+                         a.shape(3), 0, 0, 0}};
   for (int d = 0; d < 3; ++d)
     if (a.strides(d) % kItem != 0)
       throw py::value_error(std::string(name) + " has strides " + strides_string(a) +

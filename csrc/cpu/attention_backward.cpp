@@ -45,7 +45,7 @@ struct BackwardScratch {
   static int64_t floats(const Shape& s) {
     const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
     return 2 * queries * s.D + queries + (s.pad_rows ? 2 * s.Tq * Dp : 0) + s.Tq * Dp +
-           3 * kKeyBlock * kQueryBlock + 3 * kKeyBlock * Dp + 64;
+           3 * kKeyBlock * kQueryBlock + 4 * kKeyBlock * Dp + 64;
   }
   BackwardScratch(float* base, const Shape& s) {
     const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
@@ -61,13 +61,15 @@ struct BackwardScratch {
     bias = take(kKeyBlock * kQueryBlock);
     dk = take(kKeyBlock * Dp);
     dv = take(kKeyBlock * Dp);
-    k_rows = take(kKeyBlock * Dp);
+    keys = take(kKeyBlock * Dp);
+    values = take(kKeyBlock * Dp);
   }
-  float *q_t, *dout_t;                // (query_blocks, D, kQueryBlock): packed transposed
+  float *q_t, *dout_t;                // (query_blocks, D, kQueryBlock): scale * q and dout, transposed
   float* delta;                       // (query_blocks * kQueryBlock,)
   float *q_rows, *dout_rows, *dq;     // (Tq, Dp)
   float *scores, *dscores, *bias;     // (kKeyBlock, kQueryBlock)
-  float *dk, *dv, *k_rows;            // (kKeyBlock, Dp)
+  float *dk, *dv;                     // (kKeyBlock, Dp)
+  float *keys, *values;               // (kKeyBlock, Dp): the key block's k and v, contiguous
 };
 
 // A matrix operand of rows of D floats: the input in place when D is whole
@@ -94,7 +96,7 @@ void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t 
     for (int v = 0; v < kQueryVectors; ++v) {
       float* s = scores + j * kQueryBlock + v * kWidth;
       float* ds = dscores + j * kQueryBlock + v * kWidth;
-      Vec x = load(s) * vscale;
+      Vec x = load(s);
       if (bias) x = x + load(bias + j * kQueryBlock + v * kWidth);
       const Vec p = exp(x - lse_v[v]);
       Vec dp = load(ds);
@@ -121,11 +123,11 @@ struct Inputs {
 
 // Packs what every key block of head (b, h) reads: q and dout transposed per
 // query block, their padded rows if needed, and delta.
-void pack_head(const Inputs& in, const Shape& s, int64_t b, int64_t h, BackwardScratch& t) {
+void pack_head(const Inputs& in, const Shape& s, float scale, int64_t b, int64_t h, BackwardScratch& t) {
   const float *q = in.q.head(b, h), *dout = in.dout.head(b, h), *out = in.out.head(b, h);
   for (int64_t qb = 0; qb < s.query_blocks; ++qb) {
     const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
-    pack_transposed(t.q_t + qb * s.D * kQueryBlock, q + i0 * in.q.seq_stride, in.q.seq_stride, nq, s.D);
+    pack_transposed(t.q_t + qb * s.D * kQueryBlock, q + i0 * in.q.seq_stride, in.q.seq_stride, nq, s.D, scale);
     pack_transposed(t.dout_t + qb * s.D * kQueryBlock, dout + i0 * in.dout.seq_stride, in.dout.seq_stride,
                     nq, s.D);
   }
@@ -151,7 +153,7 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
   const float *k_head = in.k.head(b, h), *v_head = in.v.head(b, h);
   const float* lse = in.lse + (b * s.H + h) * s.Tq;
   const int64_t ks = in.k.seq_stride, vs = in.v.seq_stride;
-  pack_head(in, s, b, h, t);
+  pack_head(in, s, options.scale, b, h, t);
   const Rows q_rows = s.pad_rows ? Rows{t.q_rows, Dp} : Rows{in.q.head(b, h), in.q.seq_stride};
   const Rows dout_rows = s.pad_rows ? Rows{t.dout_rows, Dp} : Rows{in.dout.head(b, h), in.dout.seq_stride};
   std::fill(t.dq, t.dq + s.Tq * Dp, 0.0f);
@@ -161,28 +163,24 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
     const int64_t visible = std::max<int64_t>(0, std::min(nk, hm.key_end - j0));  // keys past are padding
     std::fill(t.dk, t.dk + nk * Dp, 0.0f);
     std::fill(t.dv, t.dv + nk * Dp, 0.0f);
-    Rows k_rows{k_head + j0 * ks, ks};
-    if (s.pad_rows && visible > 0) {
-      pack_rows(t.k_rows, Dp, k_rows.data, ks, visible, D);
-      k_rows = {t.k_rows, Dp};
-    }
+    pack_rows(t.keys, Dp, k_head + j0 * ks, ks, visible, D);
+    pack_rows(t.values, Dp, v_head + j0 * vs, vs, visible, D);
     const int64_t qb_first = visible > 0 ? first_query_seeing(hm, j0) / kQueryBlock : s.query_blocks;
     for (int64_t qb = qb_first; qb < s.query_blocks; ++qb) {
       const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
       const bool unmasked = tile_unmasked(hm, i0, j0 + visible);
       if (!unmasked && !tile_bias(hm, i0, nq, j0, visible, t.bias)) continue;
-      gemm<false>(visible, kQueryBlock, D, {k_head + j0 * ks, ks, 1}, t.q_t + qb * D * kQueryBlock,
-                  kQueryBlock, t.scores, kQueryBlock);
-      gemm<false>(visible, kQueryBlock, D, {v_head + j0 * vs, vs, 1}, t.dout_t + qb * D * kQueryBlock,
-                  kQueryBlock, t.dscores, kQueryBlock);
+      gemm<false>(visible, kQueryBlock, D, {t.keys, Dp, 1}, t.q_t + qb * D * kQueryBlock, kQueryBlock,
+                  t.scores, kQueryBlock);
+      gemm<false>(visible, kQueryBlock, D, {t.values, Dp, 1}, t.dout_t + qb * D * kQueryBlock, kQueryBlock,
+                  t.dscores, kQueryBlock);
       softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
                        lse + i0, t.delta + i0, dropout, b, h, i0, j0);
       gemm<true>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, dout_rows.data + i0 * dout_rows.stride,
                  dout_rows.stride, t.dv, Dp);
       gemm<true>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, q_rows.data + i0 * q_rows.stride,
                  q_rows.stride, t.dk, Dp);
-      gemm<true>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, k_rows.data, k_rows.stride,
-                 t.dq + i0 * Dp, Dp);
+      gemm<true>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
     }
     write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D);
     write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D);

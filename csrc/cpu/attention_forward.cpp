@@ -10,9 +10,12 @@
 // query may see (padding, above the causal diagonal) are never visited;
 // blocks wholly inside the mask skip the elementwise masking.
 //
-// Every tile is transposed (keys x queries, attention_tiles.h): the output
-// accumulates as out^T (D x queries) = v^T p^T, with v read in place as the
-// broadcast operand, so only q needs packing (once per query block).
+// Scores are computed transposed (keys x queries, attention_tiles.h) from q
+// packed transposed and pre-scaled; the output accumulates as p v with the
+// probabilities as the broadcast operand and rows of v as the vectors. A task
+// owns a range of query blocks of one head and first copies the head's k and
+// v into contiguous rows: read in place, rows H*D floats apart land in a few
+// L1 sets and evict each other.
 #include <algorithm>
 #include <cmath>
 
@@ -26,38 +29,58 @@ namespace ssl_core::cpu::SSL_CORE_ISA {
 namespace {
 
 constexpr int64_t kKeyBlock = 128;
+constexpr int64_t kMinTasks = 8;  // split heads over query ranges until there are this many tasks
 
-// Per-thread tiles, carved from one allocation made before the threads start
-// (an exception must not escape an OpenMP region).
+// Per-thread memory, carved from one allocation made before the threads
+// start (an exception must not escape an OpenMP region).
 struct ForwardScratch {
-  static int64_t floats(int64_t D) { return 2 * D * kQueryBlock + 2 * kKeyBlock * kQueryBlock + 2 * kQueryBlock; }
-  ForwardScratch(float* base, int64_t D)
-      : q_t(base), out_t(q_t + D * kQueryBlock), scores(out_t + D * kQueryBlock),
-        bias(scores + kKeyBlock * kQueryBlock), max(bias + kKeyBlock * kQueryBlock), sum(max + kQueryBlock) {}
-  float *q_t, *out_t;     // (D, kQueryBlock)
+  static int64_t floats(int64_t Tk, int64_t D, int64_t Dp) {
+    return round_up(Tk * D, 16) + Tk * Dp + D * kQueryBlock + kQueryBlock * Dp + 2 * kKeyBlock * kQueryBlock +
+           3 * kQueryBlock + 64;
+  }
+  ForwardScratch(float* base, int64_t Tk, int64_t D, int64_t Dp) {
+    auto take = [&base](int64_t n) { float* p = base; base += round_up(n, 16); return p; };
+    keys = take(Tk * D);
+    values = take(Tk * Dp);
+    q_t = take(D * kQueryBlock);
+    out = take(kQueryBlock * Dp);
+    scores = take(kKeyBlock * kQueryBlock);
+    bias = take(kKeyBlock * kQueryBlock);
+    max = take(kQueryBlock);
+    sum = take(kQueryBlock);
+    rescale = take(kQueryBlock);
+  }
+  float *keys, *values;   // (Tk, D) and (Tk, Dp): the head's k and v, contiguous
+  float* q_t;             // (D, kQueryBlock): scale * q, transposed
+  float* out;             // (kQueryBlock, Dp): unnormalized output
   float *scores, *bias;   // (kKeyBlock, kQueryBlock)
   float *max, *sum;       // (kQueryBlock,) running max and sum of exp
+  float* rescale;         // (kQueryBlock,) factor of the old output for the new max
 };
 
-// Turns the raw scores of one key block into probabilities relative to the
-// updated running max, rescaling the running sum and output to that max.
-// A query whose max is still -inf (no visible key yet) keeps exact zeros.
-void online_softmax(float* scores, const float* bias, int64_t nk, float scale, float* running_max,
-                    float* running_sum, float* out_t, int64_t D) {
-  const Vec vscale = splat(scale), minus_inf = splat(kMinusInf);
+// Turns the scaled scores of one key block into probabilities relative to
+// the updated running max, and the running sum to that max; rescale[i] is
+// the factor for query i's output so far. A query whose max is still -inf
+// (no visible key yet) keeps exact zeros.
+void online_softmax(float* scores, const float* bias, int64_t nk, float* running_max, float* running_sum,
+                    float* rescale) {
+  const Vec minus_inf = splat(kMinusInf);
   for (int v = 0; v < kQueryVectors; ++v) {
     float* col = scores + v * kWidth;
     Vec block_max = minus_inf;
-    for (int64_t j = 0; j < nk; ++j) {
-      Vec x = load(col + j * kQueryBlock) * vscale;
-      if (bias) x = x + load(bias + j * kQueryBlock + v * kWidth);
-      store(col + j * kQueryBlock, x);
-      block_max = max(block_max, x);
+    if (bias) {
+      for (int64_t j = 0; j < nk; ++j) {
+        const Vec x = load(col + j * kQueryBlock) + load(bias + j * kQueryBlock + v * kWidth);
+        store(col + j * kQueryBlock, x);
+        block_max = max(block_max, x);
+      }
+    } else {
+      for (int64_t j = 0; j < nk; ++j) block_max = max(block_max, load(col + j * kQueryBlock));
     }
     const Vec old_max = load(running_max + v * kWidth);
     const Vec new_max = max(old_max, block_max);
     const Vec shift = select(greater(new_max, minus_inf), new_max, splat(0.0f));
-    const Vec rescale = exp(old_max - shift);
+    const Vec factor = exp(old_max - shift);
     Vec block_sum = splat(0.0f);
     for (int64_t j = 0; j < nk; ++j) {
       const Vec p = exp(load(col + j * kQueryBlock) - shift);
@@ -65,11 +88,8 @@ void online_softmax(float* scores, const float* bias, int64_t nk, float scale, f
       block_sum += p;
     }
     store(running_max + v * kWidth, new_max);
-    store(running_sum + v * kWidth, fma(load(running_sum + v * kWidth), rescale, block_sum));
-    for (int64_t d = 0; d < D; ++d) {
-      float* o = out_t + d * kQueryBlock + v * kWidth;
-      store(o, load(o) * rescale);
-    }
+    store(running_sum + v * kWidth, fma(load(running_sum + v * kWidth), factor, block_sum));
+    store(rescale + v * kWidth, factor);
   }
 }
 
@@ -83,17 +103,29 @@ void apply_dropout(float* probs, const Dropout& dropout, int64_t b, int64_t h, i
   });
 }
 
-void query_block(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,
-                 const AttentionOptions& options, const Dropout& dropout, int64_t b, int64_t h,
-                 int64_t i0, ForwardScratch& s) {
-  const int64_t Tq = q.seq, D = q.dim;
-  const int64_t nq = std::min(kQueryBlock, Tq - i0);
-  const HeadMask hm = head_mask(options.mask, b, h, Tq, k.seq);
-  const float* k_head = k.head(b, h);
-  const float* v_head = v.head(b, h);
+// dst[0, n) = src[0, n) * factor.
+void scale_row(float* dst, const float* src, int64_t n, float factor) {
+  const Vec f = splat(factor);
+  int64_t d = 0;
+  for (; d + kWidth <= n; d += kWidth) store(dst + d, load(src + d) * f);
+  if (d < n) store(dst + d, load(src + d, static_cast<int>(n - d)) * f, static_cast<int>(n - d));
+}
 
-  pack_transposed(s.q_t, q.head(b, h) + i0 * q.seq_stride, q.seq_stride, nq, D);
-  std::fill(s.out_t, s.out_t + D * kQueryBlock, 0.0f);
+struct Inputs {
+  ConstHeadsView q, k, v;
+  const AttentionOptions& options;
+  Dropout dropout;
+  int64_t padded_dim;
+};
+
+// Output rows and lse of queries [i0, i0 + nq) of head (b, h), whose keys
+// and values are in s.keys and s.values.
+void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm, int64_t b, int64_t h,
+                 int64_t i0, ForwardScratch& s) {
+  const int64_t Tq = in.q.seq, D = in.q.dim, Dp = in.padded_dim;
+  const int64_t nq = std::min(kQueryBlock, Tq - i0);
+  pack_transposed(s.q_t, in.q.head(b, h) + i0 * in.q.seq_stride, in.q.seq_stride, nq, D, in.options.scale);
+  std::fill(s.out, s.out + kQueryBlock * Dp, 0.0f);
   std::fill(s.max, s.max + kQueryBlock, kMinusInf);
   std::fill(s.sum, s.sum + kQueryBlock, 0.0f);
 
@@ -102,23 +134,20 @@ void query_block(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, 
     const int64_t nk = std::min(kKeyBlock, key_end - j0);
     const bool unmasked = tile_unmasked(hm, i0, j0 + nk);
     if (!unmasked && !tile_bias(hm, i0, nq, j0, nk, s.bias)) continue;
-    // scores^T (nk x queries) = k_block . q^T
-    gemm<false>(nk, kQueryBlock, D, {k_head + j0 * k.seq_stride, k.seq_stride, 1}, s.q_t,
-                kQueryBlock, s.scores, kQueryBlock);
-    online_softmax(s.scores, unmasked ? nullptr : s.bias, nk, options.scale, s.max,
-                   s.sum, s.out_t, D);
-    if (dropout.enabled) apply_dropout(s.scores, dropout, b, h, i0, j0, nk);
-    // out^T (D x queries) += v_block^T . p^T
-    gemm<true>(D, kQueryBlock, nk, {v_head + j0 * v.seq_stride, 1, v.seq_stride}, s.scores,
-               kQueryBlock, s.out_t, kQueryBlock);
+    // scores^T (keys x queries) = k_block . (scale q)^T
+    gemm<false>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores, kQueryBlock);
+    online_softmax(s.scores, unmasked ? nullptr : s.bias, nk, s.max, s.sum, s.rescale);
+    if (in.dropout.enabled) apply_dropout(s.scores, in.dropout, b, h, i0, j0, nk);
+    for (int64_t i = 0; i < nq; ++i) scale_row(s.out + i * Dp, s.out + i * Dp, Dp, s.rescale[i]);
+    // out (queries x D) += p . v_block, p read from scores^T
+    gemm<true>(nq, Dp, nk, {s.scores, 1, kQueryBlock}, s.values + j0 * Dp, Dp, s.out, Dp);
   }
 
   float* out_rows = out.head(b, h) + i0 * out.seq_stride;
-  float* lse_row = lse + (b * q.heads + h) * Tq + i0;
+  float* lse_row = lse + (b * in.q.heads + h) * Tq + i0;
   for (int64_t i = 0; i < nq; ++i) {
     const float l = s.sum[i];
-    const float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (int64_t d = 0; d < D; ++d) out_rows[i * out.seq_stride + d] = s.out_t[d * kQueryBlock + i] * inv;
+    scale_row(out_rows + i * out.seq_stride, s.out + i * Dp, D, l > 0 ? 1.0f / l : 0.0f);
     lse_row[i] = l > 0 ? s.max[i] + std::log(l) : std::numeric_limits<float>::infinity();
   }
 }
@@ -127,21 +156,29 @@ void query_block(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, 
 
 void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,
                        const AttentionOptions& options) {
-  const int64_t B = q.batch, H = q.heads;
+  const int64_t heads = q.batch * q.heads, Tk = k.seq, D = q.dim, Dp = round_up(D, kWidth);
   const int64_t query_blocks = ceil_div(q.seq, kQueryBlock);
-  const int64_t items = B * H * query_blocks;
-  const Dropout dropout = make_dropout(options);
-  const int threads = threads_for(items, 1);
-  const int64_t per_thread = round_up(ForwardScratch::floats(q.dim), 16);
+  if (heads == 0 || query_blocks == 0) return;
+  const int64_t blocks_per_task = ceil_div(query_blocks, std::min(query_blocks, ceil_div(kMinTasks, heads)));
+  const int64_t tasks_per_head = ceil_div(query_blocks, blocks_per_task);
+  const int64_t tasks = heads * tasks_per_head;
+  const Inputs in{q, k, v, options, make_dropout(options), Dp};
+  const int threads = threads_for(tasks, 1);
+  const int64_t per_thread = round_up(ForwardScratch::floats(Tk, D, Dp), 16);
   ScratchBuffer<float> pool(threads * per_thread);
 #pragma omp parallel num_threads(threads)
   {
-    ForwardScratch scratch(pool.get() + per_thread * thread_index(), q.dim);
+    ForwardScratch scratch(pool.get() + per_thread * thread_index(), Tk, D, Dp);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t bh = item / query_blocks;
-      query_block(out, lse, q, k, v, options, dropout, bh / H, bh % H, (item % query_blocks) * kQueryBlock,
-                  scratch);
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t bh = task / tasks_per_head, b = bh / q.heads, h = bh % q.heads;
+      const int64_t qb_begin = task % tasks_per_head * blocks_per_task;
+      const int64_t qb_end = std::min(query_blocks, qb_begin + blocks_per_task);
+      const HeadMask hm = head_mask(options.mask, b, h, q.seq, Tk);
+      const int64_t keys = visible_key_end(hm, std::min(q.seq, qb_end * kQueryBlock) - 1);
+      pack_rows(scratch.keys, D, k.head(b, h), k.seq_stride, keys, D);
+      pack_rows(scratch.values, Dp, v.head(b, h), v.seq_stride, keys, D);
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb) query_block(out, lse, in, hm, b, h, qb * kQueryBlock, scratch);
     }
   }
 }

@@ -79,19 +79,39 @@ inline bool tile_unmasked(const HeadMask& hm, int64_t first_query, int64_t key_e
 }
 
 // bias[j][i] = 0 where query i0 + i may attend to key j0 + j, else -inf, for
-// the tile's nk keys and nq queries (lanes past nq are left at 0). Returns
-// whether any pair may attend: a tile that returns false is skipped.
+// the tile's nk keys and nq queries (lanes past nq are garbage). Returns
+// whether any pair may attend: a tile that returns false is skipped. Keys
+// past key_end must already be cut off (visible_key_end).
 inline bool tile_bias(const HeadMask& hm, int64_t i0, int64_t nq, int64_t j0, int64_t nk, float* bias) {
-  bool any = false;
+  if (hm.bits) {  // explicit mask: one lookup a pair
+    bool any = false;
+    for (int64_t j = 0; j < nk; ++j) {
+      float* row = bias + j * kQueryBlock;
+      for (int64_t i = 0; i < kQueryBlock; ++i) {
+        const bool allowed = i < nq && may_attend(hm, i0 + i, j0 + j);
+        row[i] = allowed ? 0.0f : kMinusInf;
+        any |= allowed;
+      }
+    }
+    return any;
+  }
+  // Structured masks alone: query i sees key j iff i >= j - offset or j < prefix.
+  if (j0 > i0 + nq - 1 + hm.offset && j0 >= hm.prefix) return false;
+  float lane_index[kWidth];
+  for (int l = 0; l < kWidth; ++l) lane_index[l] = static_cast<float>(l);
+  const Vec lanes = load(lane_index), zero = splat(0.0f), minus_inf = splat(kMinusInf);
   for (int64_t j = 0; j < nk; ++j) {
     float* row = bias + j * kQueryBlock;
-    for (int64_t i = 0; i < kQueryBlock; ++i) {
-      const bool allowed = i >= nq || may_attend(hm, i0 + i, j0 + j);
-      row[i] = allowed ? 0.0f : kMinusInf;
-      any |= allowed && i < nq;
+    const bool in_prefix = j0 + j < hm.prefix;
+    // The first query (relative to i0) that sees key j0 + j; exact in float
+    // for sequences shorter than 2^24.
+    const Vec first = splat(static_cast<float>(j0 + j - hm.offset - i0));
+    for (int v = 0; v < kQueryVectors; ++v) {
+      const Vec query = lanes + splat(static_cast<float>(v * kWidth));
+      store(row + v * kWidth, in_prefix ? zero : select(not_less(query, first), zero, minus_inf));
     }
   }
-  return any;
+  return true;
 }
 
 // Dropout: factor 1/(1 - p) where the weight is kept, 0 where dropped.
@@ -141,21 +161,22 @@ inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, i
   }
 }
 
-// dst[d][i] = src row i, element d, for i < nq; lanes up to kQueryBlock are 0.
-inline void pack_transposed(float* dst, const float* src, int64_t row_stride, int64_t nq, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) {
-    float* out = dst + d * kQueryBlock;
-    for (int64_t i = 0; i < nq; ++i) out[i] = src[i * row_stride + d];
-    for (int64_t i = nq; i < kQueryBlock; ++i) out[i] = 0.0f;
-  }
+// dst[d][i] = factor * src row i, element d, for i < nq; lanes up to
+// kQueryBlock are 0. (Row by row: each source row is read once, in order.)
+inline void pack_transposed(float* dst, const float* src, int64_t row_stride, int64_t nq, int64_t D,
+                            float factor = 1.0f) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t d = 0; d < D; ++d) dst[d * kQueryBlock + i] = factor * src[i * row_stride + d];
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = nq; i < kQueryBlock; ++i) dst[d * kQueryBlock + i] = 0.0f;
 }
 
 // dst rows of `padded` floats: the first D from src rows, then zeros.
 inline void pack_rows(float* dst, int64_t padded, const float* src, int64_t row_stride, int64_t rows,
                       int64_t D) {
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t d = 0; d < D; ++d) dst[r * padded + d] = src[r * row_stride + d];
-    for (int64_t d = D; d < padded; ++d) dst[r * padded + d] = 0.0f;
+    std::memcpy(dst + r * padded, src + r * row_stride, D * sizeof(float));
+    std::memset(dst + r * padded + D, 0, (padded - D) * sizeof(float));
   }
 }
 
