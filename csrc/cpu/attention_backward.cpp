@@ -33,7 +33,6 @@ constexpr int64_t kMinTasks = 8;
 struct Shape {
   int64_t B, H, Tq, Tk, D;
   int64_t padded_dim;    // D rounded up to whole vectors
-  bool pad_rows;         // D % kWidth != 0: rows used as a product's B operand are copied, padded
   int64_t query_blocks;  // of kQueryBlock
   int64_t key_blocks;    // of kKeyBlock
   int64_t chunks;        // tasks per head
@@ -44,7 +43,7 @@ struct Shape {
 struct BackwardScratch {
   static int64_t floats(const Shape& s) {
     const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
-    return 2 * queries * s.D + queries + (s.pad_rows ? 2 * s.Tq * Dp : 0) + s.Tq * Dp +
+    return 2 * queries * s.D + queries + 3 * s.Tq * Dp +
            3 * kKeyBlock * kQueryBlock + 4 * kKeyBlock * Dp + 64;
   }
   BackwardScratch(float* base, const Shape& s) {
@@ -53,8 +52,8 @@ struct BackwardScratch {
     q_t = take(queries * s.D);
     dout_t = take(queries * s.D);
     delta = take(queries);
-    q_rows = s.pad_rows ? take(s.Tq * Dp) : nullptr;
-    dout_rows = s.pad_rows ? take(s.Tq * Dp) : nullptr;
+    q_rows = take(s.Tq * Dp);
+    dout_rows = take(s.Tq * Dp);
     dq = take(s.Tq * Dp);
     scores = take(kKeyBlock * kQueryBlock);
     dscores = take(kKeyBlock * kQueryBlock);
@@ -66,17 +65,10 @@ struct BackwardScratch {
   }
   float *q_t, *dout_t;                // (query_blocks, D, kQueryBlock): scale * q and dout, transposed
   float* delta;                       // (query_blocks * kQueryBlock,)
-  float *q_rows, *dout_rows, *dq;     // (Tq, Dp)
+  float *q_rows, *dout_rows, *dq;     // (Tq, Dp): q and dout contiguous, padded; dq accumulates
   float *scores, *dscores, *bias;     // (kKeyBlock, kQueryBlock)
   float *dk, *dv;                     // (kKeyBlock, Dp)
   float *keys, *values;               // (kKeyBlock, Dp): the key block's k and v, contiguous
-};
-
-// A matrix operand of rows of D floats: the input in place when D is whole
-// vectors, else the padded copy.
-struct Rows {
-  const float* data;
-  int64_t stride;
 };
 
 // Turns a tile's scores and dout.v products into the dropped probabilities
@@ -137,10 +129,10 @@ void pack_head(const Inputs& in, const Shape& s, float scale, int64_t b, int64_t
       for (int64_t d = 0; d < s.D; ++d) sum += dout[i * in.dout.seq_stride + d] * out[i * in.out.seq_stride + d];
     t.delta[i] = sum;
   }
-  if (s.pad_rows) {
-    pack_rows(t.q_rows, s.padded_dim, q, in.q.seq_stride, s.Tq, s.D);
-    pack_rows(t.dout_rows, s.padded_dim, dout, in.dout.seq_stride, s.Tq, s.D);
-  }
+  // Contiguous copies: read in place, rows H*D floats apart would share a
+  // few L1 sets and evict each other within one product.
+  pack_rows(t.q_rows, s.padded_dim, q, in.q.seq_stride, s.Tq, s.D);
+  pack_rows(t.dout_rows, s.padded_dim, dout, in.dout.seq_stride, s.Tq, s.D);
 }
 
 // One task: key blocks [kb_begin, kb_end) of head (b, h). Writes their dk and
@@ -154,8 +146,6 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
   const float* lse = in.lse + (b * s.H + h) * s.Tq;
   const int64_t ks = in.k.seq_stride, vs = in.v.seq_stride;
   pack_head(in, s, options.scale, b, h, t);
-  const Rows q_rows = s.pad_rows ? Rows{t.q_rows, Dp} : Rows{in.q.head(b, h), in.q.seq_stride};
-  const Rows dout_rows = s.pad_rows ? Rows{t.dout_rows, Dp} : Rows{in.dout.head(b, h), in.dout.seq_stride};
   std::fill(t.dq, t.dq + s.Tq * Dp, 0.0f);
 
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
@@ -176,10 +166,8 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
                   t.dscores, kQueryBlock);
       softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
                        lse + i0, t.delta + i0, dropout, b, h, i0, j0);
-      gemm<true>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, dout_rows.data + i0 * dout_rows.stride,
-                 dout_rows.stride, t.dv, Dp);
-      gemm<true>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, q_rows.data + i0 * q_rows.stride,
-                 q_rows.stride, t.dk, Dp);
+      gemm<true>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
+      gemm<true>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
       gemm<true>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
     }
     write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D);
@@ -193,7 +181,7 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
 void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, ConstHeadsView q,
                         ConstHeadsView k, ConstHeadsView v, ConstHeadsView out, const float* lse,
                         const AttentionOptions& options) {
-  Shape s{q.batch, q.heads, q.seq, k.seq, q.dim, round_up(q.dim, kWidth), q.dim % kWidth != 0,
+  Shape s{q.batch, q.heads, q.seq, k.seq, q.dim, round_up(q.dim, kWidth),
           ceil_div(q.seq, kQueryBlock), ceil_div(k.seq, kKeyBlock), 1};
   const int64_t heads = s.B * s.H;
   if (heads == 0) return;
