@@ -105,7 +105,7 @@ void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t 
 }
 
 void write_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r) std::copy(src + r * src_stride, src + r * src_stride + D, dst + r * dst_stride);
+  for (int64_t r = 0; r < rows; ++r) copy_floats(dst + r * dst_stride, src + r * src_stride, D);
 }
 
 struct Inputs {
@@ -113,26 +113,22 @@ struct Inputs {
   const float* lse;
 };
 
-// Packs what every key block of head (b, h) reads: q and dout transposed per
-// query block, their padded rows if needed, and delta.
+// Packs what every key block of head (b, h) reads: q and dout as contiguous
+// rows (read in place, rows H*D floats apart would share a few L1 sets and
+// evict each other within one product), the same transposed per query
+// block, and delta.
 void pack_head(const Inputs& in, const Shape& s, float scale, int64_t b, int64_t h, BackwardScratch& t) {
-  const float *q = in.q.head(b, h), *dout = in.dout.head(b, h), *out = in.out.head(b, h);
+  const int64_t Dp = s.padded_dim;
+  pack_rows(t.q_rows, Dp, in.q.head(b, h), in.q.seq_stride, s.Tq, s.D);
+  pack_rows(t.dout_rows, Dp, in.dout.head(b, h), in.dout.seq_stride, s.Tq, s.D);
   for (int64_t qb = 0; qb < s.query_blocks; ++qb) {
     const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
-    pack_transposed(t.q_t + qb * s.D * kQueryBlock, q + i0 * in.q.seq_stride, in.q.seq_stride, nq, s.D, scale);
-    pack_transposed(t.dout_t + qb * s.D * kQueryBlock, dout + i0 * in.dout.seq_stride, in.dout.seq_stride,
-                    nq, s.D);
+    pack_transposed(t.q_t + qb * s.D * kQueryBlock, t.q_rows + i0 * Dp, Dp, nq, s.D, scale);
+    pack_transposed(t.dout_t + qb * s.D * kQueryBlock, t.dout_rows + i0 * Dp, Dp, nq, s.D);
   }
-  for (int64_t i = 0; i < s.query_blocks * kQueryBlock; ++i) {
-    float sum = 0.0f;
-    if (i < s.Tq)
-      for (int64_t d = 0; d < s.D; ++d) sum += dout[i * in.dout.seq_stride + d] * out[i * in.out.seq_stride + d];
-    t.delta[i] = sum;
-  }
-  // Contiguous copies: read in place, rows H*D floats apart would share a
-  // few L1 sets and evict each other within one product.
-  pack_rows(t.q_rows, s.padded_dim, q, in.q.seq_stride, s.Tq, s.D);
-  pack_rows(t.dout_rows, s.padded_dim, dout, in.dout.seq_stride, s.Tq, s.D);
+  const float* out = in.out.head(b, h);
+  for (int64_t i = 0; i < s.query_blocks * kQueryBlock; ++i)
+    t.delta[i] = i < s.Tq ? dot(t.dout_rows + i * Dp, out + i * in.out.seq_stride, s.D) : 0.0f;
 }
 
 // One task: key blocks [kb_begin, kb_end) of head (b, h). Writes their dk and

@@ -171,13 +171,34 @@ inline void pack_transposed(float* dst, const float* src, int64_t row_stride, in
     for (int64_t i = nq; i < kQueryBlock; ++i) dst[d * kQueryBlock + i] = 0.0f;
 }
 
-// dst rows of `padded` floats: the first D from src rows, then zeros.
+// dst[0, n) = src[0, n): rows here are a few hundred bytes, too short to
+// pay for a call to memcpy.
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+  int64_t d = 0;
+  for (; d + kWidth <= n; d += kWidth) store(dst + d, load(src + d));
+  if (d < n) store(dst + d, load(src + d, static_cast<int>(n - d)), static_cast<int>(n - d));
+}
+
+// dst rows of `padded` floats (a multiple of kWidth): the first D from src
+// rows, then zeros.
 inline void pack_rows(float* dst, int64_t padded, const float* src, int64_t row_stride, int64_t rows,
                       int64_t D) {
   for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(dst + r * padded, src + r * row_stride, D * sizeof(float));
-    std::memset(dst + r * padded + D, 0, (padded - D) * sizeof(float));
+    float* out = dst + r * padded;
+    const float* in = src + r * row_stride;
+    int64_t d = 0;
+    for (; d + kWidth <= D; d += kWidth) store(out + d, load(in + d));
+    if (d < padded) store(out + d, d < D ? load(in + d, static_cast<int>(D - d)) : splat(0.0f));
+    for (d += kWidth; d < padded; d += kWidth) store(out + d, splat(0.0f));
   }
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  Vec sum = splat(0.0f);
+  int64_t d = 0;
+  for (; d + kWidth <= n; d += kWidth) sum = fma(load(a + d), load(b + d), sum);
+  if (d < n) sum = fma(load(a + d, static_cast<int>(n - d)), load(b + d, static_cast<int>(n - d)), sum);
+  return reduce_add(sum);
 }
 
 }  // namespace ssl_core::cpu::SSL_CORE_ISA
