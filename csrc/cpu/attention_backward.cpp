@@ -156,15 +156,15 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
       const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
       const bool unmasked = tile_unmasked(hm, i0, j0 + visible);
       if (!unmasked && !tile_bias(hm, i0, nq, j0, visible, t.bias)) continue;
-      gemm<false>(visible, kQueryBlock, D, {t.keys, Dp, 1}, t.q_t + qb * D * kQueryBlock, kQueryBlock,
+      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, t.q_t + qb * D * kQueryBlock, kQueryBlock,
                   t.scores, kQueryBlock);
-      gemm<false>(visible, kQueryBlock, D, {t.values, Dp, 1}, t.dout_t + qb * D * kQueryBlock, kQueryBlock,
+      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.values, Dp, 1}, t.dout_t + qb * D * kQueryBlock, kQueryBlock,
                   t.dscores, kQueryBlock);
       softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
                        lse + i0, t.delta + i0, dropout, b, h, i0, j0);
-      gemm<true>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
-      gemm<true>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
-      gemm<true>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
+      gemm<Update::accumulate>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
+      gemm<Update::accumulate>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
+      gemm<Update::accumulate>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
     }
     write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D);
     write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D);

@@ -135,12 +135,12 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
     const bool unmasked = tile_unmasked(hm, i0, j0 + nk);
     if (!unmasked && !tile_bias(hm, i0, nq, j0, nk, s.bias)) continue;
     // scores^T (keys x queries) = k_block . (scale q)^T
-    gemm<false>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores, kQueryBlock);
+    gemm<Update::overwrite>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores, kQueryBlock);
     online_softmax(s.scores, unmasked ? nullptr : s.bias, nk, s.max, s.sum, s.rescale);
     if (in.dropout.enabled) apply_dropout(s.scores, in.dropout, b, h, i0, j0, nk);
-    for (int64_t i = 0; i < nq; ++i) scale_row(s.out + i * Dp, s.out + i * Dp, Dp, s.rescale[i]);
-    // out (queries x D) += p . v_block, p read from scores^T
-    gemm<true>(nq, Dp, nk, {s.scores, 1, kQueryBlock}, s.values + j0 * Dp, Dp, s.out, Dp);
+    // out (queries x D) = rescale * out + p . v_block, p read from scores^T
+    gemm<Update::rescale_accumulate>(nq, Dp, nk, {s.scores, 1, kQueryBlock}, s.values + j0 * Dp, Dp, s.out, Dp,
+                                     s.rescale);
   }
 
   float* out_rows = out.head(b, h) + i0 * out.seq_stride;

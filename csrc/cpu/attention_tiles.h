@@ -161,11 +161,56 @@ inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, i
   }
 }
 
+#if defined(__AVX512F__)
+// dst[c * dst_stride + r] = factor * src[r * src_stride + c] for a 16 x 16
+// block, in registers: pairs of rows interleaved by 32 bits, then by 64, then
+// 128-bit lanes gathered in two rounds of shuffles.
+inline void transpose_16x16(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                            float factor) {
+  const __m512 f = _mm512_set1_ps(factor);
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(src + i * src_stride), f);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4i + k], 128-bit lane c: column 4c + k of rows 4i .. 4i + 3.
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512 even_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);  // lanes 0, 2 of each
+    const __m512 odd_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);   // lanes 1, 3
+    const __m512 even_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+    const __m512 odd_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+    _mm512_storeu_ps(dst + k * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0x88));
+    _mm512_storeu_ps(dst + (8 + k) * dst_stride, _mm512_shuffle_f32x4(even_lo, even_hi, 0xdd));
+    _mm512_storeu_ps(dst + (4 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88));
+    _mm512_storeu_ps(dst + (12 + k) * dst_stride, _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xdd));
+  }
+}
+#endif
+
 // dst[d][i] = factor * src row i, element d, for i < nq; lanes up to
-// kQueryBlock are 0. (Row by row: each source row is read once, in order.)
+// kQueryBlock are 0.
 inline void pack_transposed(float* dst, const float* src, int64_t row_stride, int64_t nq, int64_t D,
                             float factor = 1.0f) {
-  for (int64_t i = 0; i < nq; ++i)
+  int64_t i0 = 0;
+#if defined(__AVX512F__)
+  for (; i0 + 16 <= nq; i0 += 16) {
+    int64_t d0 = 0;
+    for (; d0 + 16 <= D; d0 += 16)
+      transpose_16x16(dst + d0 * kQueryBlock + i0, kQueryBlock, src + i0 * row_stride + d0, row_stride, factor);
+    for (int64_t i = i0; i < i0 + 16; ++i)
+      for (int64_t d = d0; d < D; ++d) dst[d * kQueryBlock + i] = factor * src[i * row_stride + d];
+  }
+#endif
+  for (int64_t i = i0; i < nq; ++i)
     for (int64_t d = 0; d < D; ++d) dst[d * kQueryBlock + i] = factor * src[i * row_stride + d];
   for (int64_t d = 0; d < D; ++d)
     for (int64_t i = nq; i < kQueryBlock; ++i) dst[d * kQueryBlock + i] = 0.0f;

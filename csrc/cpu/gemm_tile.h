@@ -34,15 +34,23 @@ struct StridedA {
   int64_t row_step, k_step;
 };
 
-template <int Rows, int Vectors, bool Accumulate>
+// How a product treats the C it writes: overwrites it, adds to it, or adds
+// to it after scaling row r by row_scale[r] (an online softmax's rescaling
+// of its output, at no extra pass).
+enum class Update { overwrite, accumulate, rescale_accumulate };
+
+template <int Rows, int Vectors, Update Mode>
 inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int64_t ldb,
-                      float* __restrict c, int64_t ldc) {
+                      float* __restrict c, int64_t ldc, const float* row_scale) {
   Vec acc[Rows][Vectors];
 #pragma GCC unroll 8
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v)
-      acc[r][v] = Accumulate ? load(c + r * ldc + v * kWidth) : splat(0.0f);
+    for (int v = 0; v < Vectors; ++v) {
+      if constexpr (Mode == Update::overwrite) acc[r][v] = splat(0.0f);
+      else if constexpr (Mode == Update::accumulate) acc[r][v] = load(c + r * ldc + v * kWidth);
+      else acc[r][v] = load(c + r * ldc + v * kWidth) * splat(row_scale[r]);
+    }
   const float* a_rows[Rows];
 #pragma GCC unroll 8
   for (int r = 0; r < Rows; ++r) a_rows[r] = a.data + r * a.row_step;
@@ -64,44 +72,45 @@ inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int6
 }
 
 // All rows of one strip of `Vectors` vector columns.
-template <int Vectors, bool Accumulate>
+template <int Vectors, Update Mode>
 void gemm_strip(int64_t rows, int64_t depth, StridedA a, const float* b, int64_t ldb, float* c,
-                int64_t ldc) {
+                int64_t ldc, const float* row_scale) {
   int64_t r = 0;
   for (; r + kTileRows <= rows; r += kTileRows)
-    gemm_tile<kTileRows, Vectors, Accumulate>(depth, {a.data + r * a.row_step, a.row_step, a.k_step},
-                                              b, ldb, c + r * ldc, ldc);
+    gemm_tile<kTileRows, Vectors, Mode>(depth, {a.data + r * a.row_step, a.row_step, a.k_step}, b, ldb,
+                                        c + r * ldc, ldc, row_scale + r);
   const StridedA rest{a.data + r * a.row_step, a.row_step, a.k_step};
   float* c_rest = c + r * ldc;
+  const float* scale_rest = row_scale + r;
   switch (rows - r) {  // the last rows, in one tile of their own height
-    case 1: return gemm_tile<1, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
-    case 2: return gemm_tile<2, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
-    case 3: return gemm_tile<3, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
-    case 4: return gemm_tile<4, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
-    case 5: return gemm_tile<5, Vectors, Accumulate>(depth, rest, b, ldb, c_rest, ldc);
+    case 1: return gemm_tile<1, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 2: return gemm_tile<2, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 3: return gemm_tile<3, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 4: return gemm_tile<4, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 5: return gemm_tile<5, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
     default: return;
   }
 }
 static_assert(kTileRows == 6, "gemm_strip handles remainders of up to 5 rows");
 
-template <int Vectors, bool Accumulate>
+template <int Vectors, Update Mode>
 void gemm_strip_of_width(int vectors, int64_t rows, int64_t depth, StridedA a, const float* b,
-                         int64_t ldb, float* c, int64_t ldc) {
+                         int64_t ldb, float* c, int64_t ldc, const float* row_scale) {
   if constexpr (Vectors > 1) {
     if (vectors < Vectors)
-      return gemm_strip_of_width<Vectors - 1, Accumulate>(vectors, rows, depth, a, b, ldb, c, ldc);
+      return gemm_strip_of_width<Vectors - 1, Mode>(vectors, rows, depth, a, b, ldb, c, ldc, row_scale);
   }
-  gemm_strip<Vectors, Accumulate>(rows, depth, a, b, ldb, c, ldc);
+  gemm_strip<Vectors, Mode>(rows, depth, a, b, ldb, c, ldc, row_scale);
 }
 
-// C = A B (Accumulate false) or C += A B (true). cols % kWidth == 0.
-template <bool Accumulate>
+// C = A B, C += A B or C = diag(row_scale) C + A B, by Mode. cols % kWidth == 0.
+template <Update Mode>
 void gemm(int64_t rows, int64_t cols, int64_t depth, StridedA a, const float* b, int64_t ldb,
-          float* c, int64_t ldc) {
+          float* c, int64_t ldc, const float* row_scale = nullptr) {
   for (int64_t col = 0; col < cols; col += kTileVectors * kWidth) {
     const int64_t left = (cols - col) / kWidth;
     const int vectors = static_cast<int>(left < kTileVectors ? left : kTileVectors);
-    gemm_strip_of_width<kTileVectors, Accumulate>(vectors, rows, depth, a, b + col, ldb, c + col, ldc);
+    gemm_strip_of_width<kTileVectors, Mode>(vectors, rows, depth, a, b + col, ldb, c + col, ldc, row_scale);
   }
 }
 
