@@ -1,4 +1,4 @@
-"""Timing, bandwidth and reporting shared by the benchmark scripts."""
+"""Timing, bandwidth, matmul peak and reporting shared by the benchmark scripts."""
 
 import dataclasses
 import json
@@ -20,14 +20,21 @@ class Result:
     impl: str        # "ssl_core", "torch", ...
     variant: str     # how it was called: "out=" (no allocation), "allocating", "autograd", ...
     ms: float        # median wall time of one call
-    bytes_moved: int  # the minimum memory traffic of the op (reads + writes)
-    bound_ms: float   # bytes_moved at the measured copy bandwidth
+    bytes_moved: int  # the minimum memory traffic of the op (reads + writes); 0 if compute-bound
+    bound_ms: float   # bytes_moved at the measured copy bandwidth, or flops at the measured matmul peak
     compare_to: str = ""   # "impl/variant" of the row this one is compared with
     speedup: float = float("nan")  # compare_to's ms / this ms
+    flops: float = 0  # the op's arithmetic, for compute-bound rows (0 = memory-bound row)
+    peak_rss_mb: float = float("nan")  # growth of peak RSS during the call, where measured
+    note: str = ""    # anything else measured, printed at the end of the row
 
     @property
     def gbps(self):
         return self.bytes_moved / self.ms / 1e6
+
+    @property
+    def gflops(self):
+        return self.flops / self.ms / 1e6
 
     @property
     def vs_bound(self):
@@ -56,6 +63,19 @@ def copy_bandwidth(nbytes, repeats):
     return 2 * src.nbytes / seconds
 
 
+def matmul_flops(torch, n, repeats):
+    """Flops per second of an n x n x n float32 matmul (torch's, or NumPy's when
+    torch is None), the yardstick for compute-bound kernels."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    if torch is not None:
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+    c = a @ b
+    mm = torch.mm if torch is not None else np.matmul
+    seconds = median_seconds(lambda: mm(a, b, out=c), repeats)
+    return 2 * n**3 / seconds
+
+
 def load_torch(threads):
     """torch with `threads` threads, or None (said loudly) when not installed."""
     try:
@@ -77,14 +97,31 @@ def compare(results, op, impl_variant, reference_variant):
         rows[impl_variant].speedup = rows[reference_variant].ms / rows[impl_variant].ms
 
 
+def _speedup(r):
+    text = f"{r.speedup:5.2f}x vs {r.compare_to}" if r.compare_to else ""
+    return f"{text}; {r.note}" if text and r.note else text or r.note
+
+
 def print_table(results):
-    header = f"{'op':<22} {'shape':<10} {'impl/variant':<24} {'ms':>8} {'GB/s':>7} {'x bound':>8}  speedup"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        speedup = f"{r.speedup:5.2f}x vs {r.compare_to}" if r.compare_to else ""
-        print(f"{r.op:<22} {r.shape:<10} {r.impl + '/' + r.variant:<24} {r.ms:8.3f} "
-              f"{r.gbps:7.1f} {r.vs_bound:8.2f}  {speedup}")
+    """Memory-bound rows (GB/s, x bound), then compute-bound rows (GFLOP/s, % of the matmul peak)."""
+    memory_bound = [r for r in results if not r.flops]
+    compute_bound = [r for r in results if r.flops]
+    if memory_bound:
+        header = f"{'op':<22} {'shape':<10} {'impl/variant':<24} {'ms':>8} {'GB/s':>7} {'x bound':>8}  speedup"
+        print(header)
+        print("-" * len(header))
+        for r in memory_bound:
+            print(f"{r.op:<22} {r.shape:<10} {r.impl + '/' + r.variant:<24} {r.ms:8.3f} "
+                  f"{r.gbps:7.1f} {r.vs_bound:8.2f}  {_speedup(r)}")
+    if compute_bound:
+        if memory_bound:
+            print()
+        header = f"{'op':<31} {'shape':<16} {'impl/variant':<27} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}  speedup"
+        print(header)
+        print("-" * len(header))
+        for r in compute_bound:
+            print(f"{r.op:<31} {r.shape:<16} {r.impl + '/' + r.variant:<27} {r.ms:8.1f} "
+                  f"{r.gflops:8.1f} {100 / r.vs_bound:6.0f}%  {_speedup(r)}")
 
 
 def machine_description(threads, copy_gbps):
@@ -104,6 +141,8 @@ def write_json(path, meta, results):
     for r in results:
         row = dataclasses.asdict(r)
         row.update(gbps=round(r.gbps, 3), vs_bound=round(r.vs_bound, 3))
+        if r.flops:
+            row.update(gflops=round(r.gflops, 3), fraction_of_peak=round(1 / r.vs_bound, 3))
         rows.append(row)
     with open(path, "w") as f:
         json.dump({"machine": meta, "results": rows}, f, indent=1, default=float)

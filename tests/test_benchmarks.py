@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from benchmarks import bench_gelu, bench_layer_norm, common
+from benchmarks import bench_attention, bench_gelu, bench_layer_norm, common
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -23,6 +23,27 @@ def test_suites_produce_rows_and_json(tmp_path, capsys):
     saved = json.loads(path.read_text())
     assert len(saved["results"]) == len(results)
     assert np.isclose(saved["results"][0]["gbps"], results[0].gbps, rtol=1e-3)
+
+
+def test_attention_suite_reports_flops_and_memory(tmp_path, capsys):
+    results = bench_attention.run(None, 1e9, repeats=2, shapes=[(2, 32, 2, 16)], memory_shape=(1, 64, 2, 16),
+                                  matmul_n=64)
+    ops = {r.op for r in results}
+    assert {"matmul (the peak)", "attention fwd", "attention[causal] fwd+bwd", "attention[key_lengths] fwd+bwd"} <= ops
+    assert all(r.ms > 0 and r.flops > 0 and r.bytes_moved == 0 and r.impl in ("ssl_core", "numpy") for r in results)
+    padded = next(r for r in results if r.op == "attention[key_lengths] fwd+bwd")
+    assert padded.flops == 0.75 * next(r.flops for r in results if r.op == "attention fwd+bwd")
+    assert "unpadded time" in padded.note
+    memory = [r for r in results if r.shape == "B1 T64 H2 D16"]
+    assert len(memory) == 2 and all(r.peak_rss_mb >= 0 for r in memory)
+
+    common.print_table(results)
+    assert "GFLOP/s" in capsys.readouterr().out
+    path = tmp_path / "bench.json"
+    common.write_json(path, common.machine_description(2, 1.0), results)
+    saved = json.loads(path.read_text())["results"]
+    assert saved[0]["fraction_of_peak"] == 1.0
+    assert np.isclose(saved[1]["gflops"], results[1].gflops, rtol=1e-3, atol=1e-3)  # rounded to 3 decimals
 
 
 def test_compare_sets_speedup():
