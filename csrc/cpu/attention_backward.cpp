@@ -36,6 +36,7 @@ struct Shape {
   int64_t query_blocks;  // of kQueryBlock
   int64_t key_blocks;    // of kKeyBlock
   int64_t chunks;        // tasks per head
+  bool streaming;        // write gradients with non-temporal stores
 };
 
 // Per-thread memory, carved from one allocation made before the threads
@@ -104,8 +105,14 @@ void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t 
   }
 }
 
-void write_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r) copy_floats(dst + r * dst_stride, src + r * src_stride, D);
+// Gradient rows out, with non-temporal stores when the gradients are larger
+// than the caches (they are not read again here).
+void write_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t D,
+                bool streaming) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = src + r * src_stride;
+    write_vectors(dst + r * dst_stride, D, streaming, [&](int64_t d, int lanes) { return load(row + d, lanes); });
+  }
 }
 
 struct Inputs {
@@ -166,10 +173,10 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
       gemm<Update::accumulate>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
       gemm<Update::accumulate>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
     }
-    write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D);
-    write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D);
+    write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D, s.streaming);
+    write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D, s.streaming);
   }
-  write_rows(dq_rows, dq_stride, t.dq, Dp, s.Tq, D);
+  write_rows(dq_rows, dq_stride, t.dq, Dp, s.Tq, D, s.streaming && s.chunks == 1);
 }
 
 }  // namespace
@@ -178,7 +185,8 @@ void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView
                         ConstHeadsView k, ConstHeadsView v, ConstHeadsView out, const float* lse,
                         const AttentionOptions& options) {
   Shape s{q.batch, q.heads, q.seq, k.seq, q.dim, round_up(q.dim, kWidth),
-          ceil_div(q.seq, kQueryBlock), ceil_div(k.seq, kKeyBlock), 1};
+          ceil_div(q.seq, kQueryBlock), ceil_div(k.seq, kKeyBlock), 1,
+          prefer_streaming_stores((q.seq + 2 * k.seq) * q.batch * q.heads * q.dim * 4)};
   const int64_t heads = s.B * s.H;
   if (heads == 0) return;
   s.chunks = std::max<int64_t>(1, std::min(s.key_blocks, ceil_div(kMinTasks, heads)));
@@ -205,6 +213,7 @@ void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView
       const int64_t dq_stride = s.chunks > 1 ? s.D : dq.seq_stride;
       key_range(in, dk, dv, dq_rows, dq_stride, s, options, dropout, b, h, kb_begin, kb_end, scratch);
     }
+    stream_fence();  // make streamed gradients visible before the region ends
     if (s.chunks > 1) {
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < heads * s.Tq; ++row) {

@@ -116,6 +116,7 @@ struct Inputs {
   const AttentionOptions& options;
   Dropout dropout;
   int64_t padded_dim;
+  bool streaming;  // write the output with non-temporal stores
 };
 
 // Output rows and lse of queries [i0, i0 + nq) of head (b, h), whose keys
@@ -147,7 +148,10 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
   float* lse_row = lse + (b * in.q.heads + h) * Tq + i0;
   for (int64_t i = 0; i < nq; ++i) {
     const float l = s.sum[i];
-    scale_row(out_rows + i * out.seq_stride, s.out + i * Dp, D, l > 0 ? 1.0f / l : 0.0f);
+    const Vec inv = splat(l > 0 ? 1.0f / l : 0.0f);
+    const float* row = s.out + i * Dp;
+    write_vectors(out_rows + i * out.seq_stride, D, in.streaming,
+                  [&](int64_t d, int lanes) { return load(row + d, lanes) * inv; });
     lse_row[i] = l > 0 ? s.max[i] + std::log(l) : std::numeric_limits<float>::infinity();
   }
 }
@@ -162,7 +166,7 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
   const int64_t blocks_per_task = ceil_div(query_blocks, std::min(query_blocks, ceil_div(kMinTasks, heads)));
   const int64_t tasks_per_head = ceil_div(query_blocks, blocks_per_task);
   const int64_t tasks = heads * tasks_per_head;
-  const Inputs in{q, k, v, options, make_dropout(options), Dp};
+  const Inputs in{q, k, v, options, make_dropout(options), Dp, prefer_streaming_stores(q.batch * q.seq * q.heads * D * 4)};
   const int threads = threads_for(tasks, 1);
   const int64_t per_thread = round_up(ForwardScratch::floats(Tk, D, Dp), 16);
   ScratchBuffer<float> pool(threads * per_thread);
@@ -180,6 +184,7 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
       pack_rows(scratch.values, Dp, v.head(b, h), v.seq_stride, keys, D);
       for (int64_t qb = qb_begin; qb < qb_end; ++qb) query_block(out, lse, in, hm, b, h, qb * kQueryBlock, scratch);
     }
+    stream_fence();
   }
 }
 
