@@ -198,7 +198,7 @@ void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView
 
   // Chunks of a split head write their share of dq here, summed below.
   ScratchBuffer<float> partial_dq(s.chunks > 1 ? tasks * s.Tq * s.D : 0);
-  const int threads = threads_for(tasks, 1);
+  const int threads = std::min(threads_for(tasks, 1), threads_for(heads * s.Tq * s.Tk * s.D, kMinWorkPerThread));
   const int64_t per_thread = round_up(BackwardScratch::floats(s), 16);
   ScratchBuffer<float> pool(threads * per_thread);
 #pragma omp parallel num_threads(threads)

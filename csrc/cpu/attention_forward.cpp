@@ -167,7 +167,7 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
   const int64_t tasks_per_head = ceil_div(query_blocks, blocks_per_task);
   const int64_t tasks = heads * tasks_per_head;
   const Inputs in{q, k, v, options, make_dropout(options), Dp, prefer_streaming_stores(q.batch * q.seq * q.heads * D * 4)};
-  const int threads = threads_for(tasks, 1);
+  const int threads = std::min(threads_for(tasks, 1), threads_for(heads * q.seq * Tk * D, kMinWorkPerThread));
   const int64_t per_thread = round_up(ForwardScratch::floats(Tk, D, Dp), 16);
   ScratchBuffer<float> pool(threads * per_thread);
 #pragma omp parallel num_threads(threads)

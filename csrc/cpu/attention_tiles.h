@@ -23,6 +23,10 @@ static_assert(kQueryBlock % kWidth == 0 && kQueryBlock % 4 == 0, "query block of
 constexpr int kQueryVectors = static_cast<int>(kQueryBlock / kWidth);
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
+// Multiply-adds below which another thread costs more to wake than it saves
+// (about 0.1 ms of work).
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 22;
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
