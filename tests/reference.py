@@ -3,6 +3,23 @@
 import numpy as np
 from scipy.special import erfc
 
+
+def central_differences(loss, args, h=1e-6):
+    """Gradients of the scalar loss(*args) with respect to each float64 array
+    in args, by central differences, one coordinate at a time."""
+    grads = []
+    for arg_index, arg in enumerate(args):
+        grad = np.zeros(arg.shape)
+        for index in np.ndindex(arg.shape):
+            plus = [a.copy() for a in args]
+            minus = [a.copy() for a in args]
+            plus[arg_index][index] += h
+            minus[arg_index][index] -= h
+            grad[index] = (loss(*plus) - loss(*minus)) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
 SQRT_2_OVER_PI = np.sqrt(2 / np.pi)
 
 

@@ -188,17 +188,7 @@ def numeric_gradients(dout, q, k, v, h=1e-6, **options):
     def loss(q, k, v):
         return float((dout * reference.attention(q, k, v, **options)[0]).sum())
 
-    grads = []
-    for arg_index, arg in enumerate(args):
-        grad = np.zeros(arg.shape)
-        for index in np.ndindex(arg.shape):
-            plus = [a.copy() for a in args]
-            minus = [a.copy() for a in args]
-            plus[arg_index][index] += h
-            minus[arg_index][index] -= h
-            grad[index] = (loss(*plus) - loss(*minus)) / (2 * h)
-        grads.append(grad)
-    return grads
+    return reference.central_differences(loss, args, h)
 
 
 TINY_CASES = [

@@ -1,6 +1,6 @@
 // Attention backward, fast path: dq, dk, dv from dout, recomputing the
 // probabilities from the forward's log-sum-exp instead of storing them.
-// (Specification: reference.cpp. Shapes and masks: attention.h.)
+// (Specification: reference_attention.cpp. Shapes and masks: attention.h.)
 //
 // FlashAttention-2's order (Dao 2023, algorithm 2): a task owns a range of
 // key blocks of one head and, for each, runs over the query blocks that may
@@ -42,27 +42,21 @@ struct Shape {
 // Per-thread memory, carved from one allocation made before the threads
 // start (an exception must not escape an OpenMP region).
 struct BackwardScratch {
-  static int64_t floats(const Shape& s) {
+  BackwardScratch(Carver& c, const Shape& s) {
     const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
-    return 2 * queries * s.D + queries + 3 * s.Tq * Dp +
-           3 * kKeyBlock * kQueryBlock + 4 * kKeyBlock * Dp + 64;
-  }
-  BackwardScratch(float* base, const Shape& s) {
-    const int64_t queries = s.query_blocks * kQueryBlock, Dp = s.padded_dim;
-    auto take = [&base](int64_t n) { float* p = base; base += round_up(n, 16); return p; };
-    q_t = take(queries * s.D);
-    dout_t = take(queries * s.D);
-    delta = take(queries);
-    q_rows = take(s.Tq * Dp);
-    dout_rows = take(s.Tq * Dp);
-    dq = take(s.Tq * Dp);
-    scores = take(kKeyBlock * kQueryBlock);
-    dscores = take(kKeyBlock * kQueryBlock);
-    bias = take(kKeyBlock * kQueryBlock);
-    dk = take(kKeyBlock * Dp);
-    dv = take(kKeyBlock * Dp);
-    keys = take(kKeyBlock * Dp);
-    values = take(kKeyBlock * Dp);
+    q_t = c.take(queries * s.D);
+    dout_t = c.take(queries * s.D);
+    delta = c.take(queries);
+    q_rows = c.take(s.Tq * Dp);
+    dout_rows = c.take(s.Tq * Dp);
+    dq = c.take(s.Tq * Dp);
+    scores = c.take(kKeyBlock * kQueryBlock);
+    dscores = c.take(kKeyBlock * kQueryBlock);
+    bias = c.take(kKeyBlock * kQueryBlock);
+    dk = c.take(kKeyBlock * Dp);
+    dv = c.take(kKeyBlock * Dp);
+    keys = c.take(kKeyBlock * Dp);
+    values = c.take(kKeyBlock * Dp);
   }
   float *q_t, *dout_t;                // (query_blocks, D, kQueryBlock): scale * q and dout, transposed
   float* delta;                       // (query_blocks * kQueryBlock,)
@@ -199,11 +193,12 @@ void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView
   // Chunks of a split head write their share of dq here, summed below.
   ScratchBuffer<float> partial_dq(s.chunks > 1 ? tasks * s.Tq * s.D : 0);
   const int threads = std::min(threads_for(tasks, 1), threads_for(heads * s.Tq * s.Tk * s.D, kMinWorkPerThread));
-  const int64_t per_thread = round_up(BackwardScratch::floats(s), 16);
+  const int64_t per_thread = scratch_floats<BackwardScratch>(s);
   ScratchBuffer<float> pool(threads * per_thread);
 #pragma omp parallel num_threads(threads)
   {
-    BackwardScratch scratch(pool.get() + per_thread * thread_index(), s);
+    Carver carver(pool.get() + per_thread * thread_index());
+    BackwardScratch scratch(carver, s);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t bh = task / s.chunks, chunk = task % s.chunks, b = bh / s.H, h = bh % s.H;

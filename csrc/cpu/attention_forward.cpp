@@ -1,6 +1,6 @@
 // Attention forward, fast path: out = softmax(q k^T * scale + mask) v, and the
 // log-sum-exp of each query's scores that the backward recomputes them from.
-// (Specification: reference.cpp. Shapes and masks: attention.h.)
+// (Specification: reference_attention.cpp. Shapes and masks: attention.h.)
 //
 // Flash-style (Dao et al. 2022; Dao 2023): a thread takes kQueryBlock queries
 // of one head and runs over the keys in blocks, keeping a running max m, sum l
@@ -34,22 +34,11 @@ constexpr int64_t kMinTasks = 8;  // split heads over query ranges until there a
 // Per-thread memory, carved from one allocation made before the threads
 // start (an exception must not escape an OpenMP region).
 struct ForwardScratch {
-  static int64_t floats(int64_t Tk, int64_t D, int64_t Dp) {
-    return round_up(Tk * D, 16) + Tk * Dp + D * kQueryBlock + kQueryBlock * Dp + 2 * kKeyBlock * kQueryBlock +
-           3 * kQueryBlock + 64;
-  }
-  ForwardScratch(float* base, int64_t Tk, int64_t D, int64_t Dp) {
-    auto take = [&base](int64_t n) { float* p = base; base += round_up(n, 16); return p; };
-    keys = take(Tk * D);
-    values = take(Tk * Dp);
-    q_t = take(D * kQueryBlock);
-    out = take(kQueryBlock * Dp);
-    scores = take(kKeyBlock * kQueryBlock);
-    bias = take(kKeyBlock * kQueryBlock);
-    max = take(kQueryBlock);
-    sum = take(kQueryBlock);
-    rescale = take(kQueryBlock);
-  }
+  ForwardScratch(Carver& c, int64_t Tk, int64_t D, int64_t Dp)
+      : keys(c.take(Tk * D)), values(c.take(Tk * Dp)), q_t(c.take(D * kQueryBlock)),
+        out(c.take(kQueryBlock * Dp)), scores(c.take(kKeyBlock * kQueryBlock)),
+        bias(c.take(kKeyBlock * kQueryBlock)), max(c.take(kQueryBlock)), sum(c.take(kQueryBlock)),
+        rescale(c.take(kQueryBlock)) {}
   float *keys, *values;   // (Tk, D) and (Tk, Dp): the head's k and v, contiguous
   float* q_t;             // (D, kQueryBlock): scale * q, transposed
   float* out;             // (kQueryBlock, Dp): unnormalized output
@@ -168,11 +157,12 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
   const int64_t tasks = heads * tasks_per_head;
   const Inputs in{q, k, v, options, make_dropout(options), Dp, prefer_streaming_stores(q.batch * q.seq * q.heads * D * 4)};
   const int threads = std::min(threads_for(tasks, 1), threads_for(heads * q.seq * Tk * D, kMinWorkPerThread));
-  const int64_t per_thread = round_up(ForwardScratch::floats(Tk, D, Dp), 16);
+  const int64_t per_thread = scratch_floats<ForwardScratch>(Tk, D, Dp);
   ScratchBuffer<float> pool(threads * per_thread);
 #pragma omp parallel num_threads(threads)
   {
-    ForwardScratch scratch(pool.get() + per_thread * thread_index(), Tk, D, Dp);
+    Carver carver(pool.get() + per_thread * thread_index());
+    ForwardScratch scratch(carver, Tk, D, Dp);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t bh = task / tasks_per_head, b = bh / q.heads, h = bh % q.heads;

@@ -220,6 +220,32 @@ inline void pack_transposed(float* dst, const float* src, int64_t row_stride, in
     for (int64_t i = nq; i < kQueryBlock; ++i) dst[d * kQueryBlock + i] = 0.0f;
 }
 
+// Hands out 64-byte aligned float arrays from one per-thread block. A
+// scratch layout is written once, as a constructor taking a Carver; run on a
+// null base it only counts, which sizes the block.
+class Carver {
+ public:
+  explicit Carver(float* base) : base_(base) {}
+  float* take(int64_t count) {
+    float* p = base_ ? base_ + used_ : nullptr;
+    used_ += round_up(count, 16);
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  float* base_;
+  int64_t used_ = 0;
+};
+
+// Floats a scratch layout S, constructed from (Carver&, args...), takes.
+template <class S, class... Args>
+int64_t scratch_floats(const Args&... args) {
+  Carver counter(nullptr);
+  S(counter, args...);
+  return counter.used();
+}
+
 // dst[0, n) = src[0, n): rows here are a few hundred bytes, too short to
 // pay for a call to memcpy.
 inline void copy_floats(float* dst, const float* src, int64_t n) {
