@@ -92,14 +92,6 @@ void apply_dropout(float* probs, const Dropout& dropout, int64_t b, int64_t h, i
   });
 }
 
-// dst[0, n) = src[0, n) * factor.
-void scale_row(float* dst, const float* src, int64_t n, float factor) {
-  const Vec f = splat(factor);
-  int64_t d = 0;
-  for (; d + kWidth <= n; d += kWidth) store(dst + d, load(src + d) * f);
-  if (d < n) store(dst + d, load(src + d, static_cast<int>(n - d)) * f, static_cast<int>(n - d));
-}
-
 struct Inputs {
   ConstHeadsView q, k, v;
   const AttentionOptions& options;
