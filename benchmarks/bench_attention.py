@@ -6,17 +6,20 @@ Targets:
   and causal at least 1.5x faster than torch's causal (is_causal=True);
 - with key_lengths where half the batch is half padding, the time falls with
   the unpadded work: its ratio to the unpadded time near the work ratio, 0.75;
-- extra memory beyond inputs and outputs O(B·H·T) plus per-thread tiles, never
-  O(T²): the peak RSS growth of one forward+backward at T=4096 in a fresh
-  process (timed by a single second call), beside the 805 MB of one T×T
-  float32 score matrix per head;
+- extra memory beyond inputs and outputs O(B·H·T) plus per-thread working
+  memory, never O(T²): the peak RSS growth of one forward+backward at T=4096
+  in a fresh process (timed by a single second call), beside the 805 MB of
+  one T×T float32 score matrix per head. (Each thread holds a contiguous
+  copy of the head it works on, O(T·D), besides its tiles.);
 - GFLOP/s by FlashAttention's count (4·B·H·Tq·Tk·D forward, 2.5x that backward,
   halved when causal; padded keys not counted) beside the float32 matmul peak
   measured in the same run.
 
 Torch is called as a user of our (B, T, H, D) layout would: the arrays viewed
 as (B, H, T, D) by transpose; padding becomes a boolean attn_mask, since torch
-cannot skip it. Its CPU SDPA is flash-style too, so its memory is only context.
+cannot skip it. For the first shape torch is also timed on contiguous
+(B, H, T, D) tensors, its own best layout. Its CPU SDPA is flash-style too, so
+its memory is only context.
 """
 
 import subprocess
@@ -127,6 +130,8 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
             return next(r for r in results[first:] if r.op == fwd_bwd and r.impl == "ssl_core")
 
         unpadded = time_rows("", {}, {})
+        if i == 0 and torch is not None:
+            torch_best_layout(torch, results, (q, k, v, dout), shape, 3.5 * 4 * B * H * T * T * D, peak, repeats)
         if i == 0:
             time_rows("[causal]", dict(causal=True), dict(is_causal=True), work=0.5)
             key_lengths = np.full(B, T)
@@ -140,6 +145,23 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
     if memory_shape:
         results += peak_memory(torch, memory_shape, peak)
     return results
+
+
+def torch_best_layout(torch, results, arrays, shape, flops, peak, repeats):
+    """torch fwd+bwd on contiguous (B, H, T, D) copies: its fastest layout, a row to compare with too."""
+    q, k, v, dout = (torch.from_numpy(a).transpose(1, 2).contiguous() for a in arrays)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+
+    def torch_autograd():
+        for t in leaves:
+            t.grad = None
+        torch.nn.functional.scaled_dot_product_attention(*leaves).backward(dout)
+
+    ms = median_seconds(torch_autograd, repeats) * 1e3
+    results.append(Result("attention fwd+bwd", shape, "torch", "autograd, (B,H,T,D) contiguous", ms, 0,
+                          flops / peak * 1e3, flops=flops))
+    ours = next(r for r in results if r.op == "attention fwd+bwd" and r.shape == shape and r.impl == "ssl_core")
+    ours.note = f"{ms / ours.ms:.2f}x vs torch on contiguous (B,H,T,D)"
 
 
 def peak_memory(torch, shape, peak):
