@@ -116,11 +116,11 @@ def print_table(results):
     if compute_bound:
         if memory_bound:
             print()
-        header = f"{'op':<31} {'shape':<16} {'impl/variant':<27} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}  speedup"
+        header = f"{'op':<31} {'shape':<16} {'impl/variant':<34} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}  speedup"
         print(header)
         print("-" * len(header))
         for r in compute_bound:
-            print(f"{r.op:<31} {r.shape:<16} {r.impl + '/' + r.variant:<27} {r.ms:8.1f} "
+            print(f"{r.op:<31} {r.shape:<16} {r.impl + '/' + r.variant:<34} {r.ms:8.1f} "
                   f"{r.gflops:8.1f} {100 / r.vs_bound:6.0f}%  {_speedup(r)}")
 
 
