@@ -559,7 +559,9 @@ def test_rejects_wrong_shapes(small):
 def test_rejects_bad_lengths(small):
     q, k, v, _, _ = small
     for name in ("key_lengths", "prefix_lengths"):
-        for bad in (np.array([6, 7]), np.array([-1, 3]), np.array([3]), np.array([[3, 3]])):
+        # The last would wrap to -1 in int64: the range is checked before any cast.
+        huge = np.array([3, 2**64 - 1], np.uint64)
+        for bad in (np.array([6, 7]), np.array([-1, 3]), np.array([3]), np.array([[3, 3]]), huge):
             with pytest.raises(ValueError, match=name):
                 ops.attention_forward(q, k, v, **{name: bad})
         with pytest.raises(TypeError, match=name):

@@ -163,12 +163,15 @@ void require_no_overlap(const std::vector<std::pair<const char*, py::array>>& ou
       if (overlap(out, outputs[j].second))
         throw py::value_error(std::string("outputs ") + out_name + " and " + outputs[j].first +
                               " share memory");
-    for (const auto& [in_name, in] : inputs)
-      if (overlap(out, in) && !(allow_in_place && same_view(out, in)))
-        throw py::value_error(std::string(out_name) + (allow_in_place ? " partly overlaps input " : " shares memory with input ") +
-                              in_name + (allow_in_place ? "; an output may be the very same array as an input (in place) "
-                                                          "but must not otherwise share its memory"
-                                                        : "; this op cannot work in place"));
+    for (const auto& [in_name, in] : inputs) {
+      if (!overlap(out, in) || (allow_in_place && same_view(out, in))) continue;
+      if (allow_in_place)
+        throw py::value_error(std::string(out_name) + " partly overlaps input " + in_name +
+                              "; an output may be the very same array as an input (in place) "
+                              "but must not otherwise share its memory");
+      throw py::value_error(std::string(out_name) + " shares memory with input " + in_name +
+                            "; this op cannot work in place");
+    }
   }
 }
 

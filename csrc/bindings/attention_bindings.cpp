@@ -71,14 +71,18 @@ py::array_t<int64_t> lengths_arg(py::handle obj, const char* name, int64_t B, in
   if (kind != 'i' && kind != 'u')
     throw py::type_error(std::string(name) + " must have an integer dtype, got " + std::string(py::str(a.dtype())));
   require_shape(a, name, {static_cast<py::ssize_t>(B)});
-  auto lengths = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = lengths.at(b);
-    if (n < 0 || n > Tk || (kind == 'u' && a.itemsize() == 8 && static_cast<uint64_t>(n) > uint64_t(Tk)))
-      throw py::value_error(std::string(name) + "[" + std::to_string(b) + "] = " + std::to_string(n) +
-                            " is outside [0, " + std::to_string(Tk) + "], the number of keys");
+  // Every value in range (checked on the original, so that no cast can wrap
+  // a huge unsigned length into a valid one) before the int64 copy.
+  py::module_ np = py::module_::import("numpy");
+  const py::object outside = np.attr("logical_or")(np.attr("less")(a, 0), np.attr("greater")(a, Tk));
+  const py::object bad = np.attr("flatnonzero")(outside);
+  if (py::len(bad) > 0) {
+    const py::object b = bad.attr("__getitem__")(0);
+    throw py::value_error(std::string(name) + "[" + std::string(py::str(b)) + "] = " +
+                          std::string(py::str(a.attr("__getitem__")(b))) + " is outside [0, " +
+                          std::to_string(Tk) + "], the number of keys");
   }
-  return lengths;
+  return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
 // mask: None, or a bool array broadcastable to (B, H, Tq, Tk); its byte
