@@ -157,10 +157,11 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
       const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
       const bool unmasked = tile_unmasked(hm, i0, j0 + visible);
       if (!unmasked && !tile_bias(hm, i0, nq, j0, visible, t.bias)) continue;
-      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, t.q_t + qb * D * kQueryBlock, kQueryBlock,
-                  t.scores, kQueryBlock);
-      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.values, Dp, 1}, t.dout_t + qb * D * kQueryBlock, kQueryBlock,
-                  t.dscores, kQueryBlock);
+      const float* q_t = t.q_t + qb * D * kQueryBlock;
+      const float* dout_t = t.dout_t + qb * D * kQueryBlock;
+      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, q_t, kQueryBlock, t.scores, kQueryBlock);
+      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.values, Dp, 1}, dout_t, kQueryBlock, t.dscores,
+                              kQueryBlock);
       softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
                        lse + i0, t.delta + i0, dropout, b, h, i0, j0);
       gemm<Update::accumulate>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
