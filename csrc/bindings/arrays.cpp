@@ -66,7 +66,8 @@ void require_distinct_elements(const py::array& a, const char* name) {
   py::ssize_t reach = a.itemsize();
   for (const auto& [stride, size] : axes) {
     if (stride < reach)
-      throw py::value_error(std::string(name) + " has strides " + shape_string(Shape(a.strides(), a.strides() + a.ndim())) +
+      throw py::value_error(std::string(name) + " has strides " +
+                            shape_string(Shape(a.strides(), a.strides() + a.ndim())) +
                             " under which elements overlap; an output needs distinct elements");
     reach = stride * (size - 1) + reach;
   }

@@ -69,7 +69,8 @@ py::array_t<int64_t> lengths_arg(py::handle obj, const char* name, int64_t B, in
   auto a = py::reinterpret_borrow<py::array>(obj);
   const char kind = a.dtype().kind();
   if (kind != 'i' && kind != 'u')
-    throw py::type_error(std::string(name) + " must have an integer dtype, got " + std::string(py::str(a.dtype())));
+    throw py::type_error(std::string(name) + " must have an integer dtype, got " +
+                         std::string(py::str(a.dtype())));
   require_shape(a, name, {static_cast<py::ssize_t>(B)});
   // Every value in range (checked on the original, so that no cast can wrap
   // a huge unsigned length into a valid one) before the int64 copy.

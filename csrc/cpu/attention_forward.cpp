@@ -117,7 +117,8 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
     const bool unmasked = tile_unmasked(hm, i0, j0 + nk);
     if (!unmasked && !tile_bias(hm, i0, nq, j0, nk, s.bias)) continue;
     // scores^T (keys x queries) = k_block . (scale q)^T
-    gemm<Update::overwrite>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores, kQueryBlock);
+    gemm<Update::overwrite>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores,
+                            kQueryBlock);
     online_softmax(s.scores, unmasked ? nullptr : s.bias, nk, s.max, s.sum, s.rescale);
     if (in.dropout.enabled) apply_dropout(s.scores, in.dropout, b, h, i0, j0, nk);
     // out (queries x D) = rescale * out + p . v_block, p read from scores^T
@@ -147,7 +148,8 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
   const int64_t blocks_per_task = ceil_div(query_blocks, std::min(query_blocks, ceil_div(kMinTasks, heads)));
   const int64_t tasks_per_head = ceil_div(query_blocks, blocks_per_task);
   const int64_t tasks = heads * tasks_per_head;
-  const Inputs in{q, k, v, options, make_dropout(options), Dp, prefer_streaming_stores(q.batch * q.seq * q.heads * D * 4)};
+  const bool streaming = prefer_streaming_stores(q.batch * q.seq * q.heads * D * 4);
+  const Inputs in{q, k, v, options, make_dropout(options), Dp, streaming};
   const int threads = std::min(threads_for(tasks, 1), threads_for(heads * q.seq * Tk * D, kMinWorkPerThread));
   const int64_t per_thread = scratch_floats<ForwardScratch>(Tk, D, Dp);
   ScratchBuffer<float> pool(threads * per_thread);
@@ -164,7 +166,8 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
       const int64_t keys = visible_key_end(hm, std::min(q.seq, qb_end * kQueryBlock) - 1);
       pack_rows(scratch.keys, D, k.head(b, h), k.seq_stride, keys, D);
       pack_rows(scratch.values, Dp, v.head(b, h), v.seq_stride, keys, D);
-      for (int64_t qb = qb_begin; qb < qb_end; ++qb) query_block(out, lse, in, hm, b, h, qb * kQueryBlock, scratch);
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb)
+        query_block(out, lse, in, hm, b, h, qb * kQueryBlock, scratch);
     }
     stream_fence();
   }
