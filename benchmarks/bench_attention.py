@@ -11,6 +11,7 @@ Targets:
   in a fresh process (timed by a single second call), beside the 805 MB of
   one T×T float32 score matrix per head. (Each thread holds a contiguous
   copy of the head it works on, O(T·D), besides its tiles.);
+- BERT's attention dropout (p = 0.1) at the first shape, for its cost;
 - GFLOP/s by FlashAttention's count (4·B·H·Tq·Tk·D forward, 2.5x that backward,
   halved when causal; padded keys not counted) beside the float32 matmul peak
   measured in the same run.
@@ -141,6 +142,8 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
             padded = time_rows("[key_lengths]", dict(key_lengths=key_lengths), dict(attn_mask=keep),
                                ", attn_mask", work=work, forward=False)
             padded.note = f"{padded.ms / unpadded.ms:.2f}x the unpadded time for {work:.2f}x the work"
+            dropped = time_rows("[dropout 0.1]", dict(dropout_p=0.1, seed=1), dict(dropout_p=0.1), forward=False)
+            dropped.note = f"{dropped.ms / unpadded.ms:.2f}x the time without dropout"
 
     if memory_shape:
         results += peak_memory(torch, memory_shape, peak)
