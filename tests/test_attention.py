@@ -239,6 +239,22 @@ def test_masks_forward_and_backward(cpu_isa, rng, case, Tq, Tk):
     check_backward(rng, q, k, v, **options)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_explicit_masks_mostly_true(cpu_isa, rng, causal):
+    """Masks whose tiles are wholly True (no elementwise masking), partly True
+    and wholly False side by side, along keys contiguous and strided."""
+    B, Tq, Tk, H, D = 2, 150, 300, 2, 32
+    q, k, v = make_inputs(rng, B, Tq, Tk, H, D)
+    mask = np.ones((B, H, Tq, Tk), bool)
+    mask[0, 1, 140, 290] = False           # one pair in a far corner tile
+    mask[1, 0, :, 130:260] = False         # whole key blocks
+    mask[1, 1, 64:128] = rng.random((64, Tk)) < 0.5
+    for m in (mask, np.asfortranarray(mask)):  # keys contiguous, then strided
+        options = dict(mask=m, causal=causal, key_lengths=np.array([Tk, 280]))
+        check_forward(q, k, v, **options)
+        check_backward(rng, q, k, v, **options)
+
+
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 def test_rows_with_no_allowed_key(cpu_isa, rng, dropout_p):
     """Empty rows give out = 0 and lse = +inf, get dq = 0 and add nothing to

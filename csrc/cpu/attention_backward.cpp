@@ -53,6 +53,7 @@ struct BackwardScratch {
     scores = c.take(kKeyBlock * kQueryBlock);
     dscores = c.take(kKeyBlock * kQueryBlock);
     bias = c.take(kKeyBlock * kQueryBlock);
+    mask_rows = c.take(kQueryBlock * kKeyBlock);
     dk = c.take(kKeyBlock * Dp);
     dv = c.take(kKeyBlock * Dp);
     keys = c.take(kKeyBlock * Dp);
@@ -62,6 +63,7 @@ struct BackwardScratch {
   float* delta;                       // (query_blocks * kQueryBlock,)
   float *q_rows, *dout_rows, *dq;     // (Tq, Dp): q and dout contiguous, padded; dq accumulates
   float *scores, *dscores, *bias;     // (kKeyBlock, kQueryBlock)
+  float* mask_rows;                   // (kQueryBlock, kKeyBlock): an explicit mask's tile, untransposed
   float *dk, *dv;                     // (kKeyBlock, Dp)
   float *keys, *values;               // (kKeyBlock, Dp): the key block's k and v, contiguous
 };
@@ -155,8 +157,12 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
     const int64_t qb_first = visible > 0 ? first_query_seeing(hm, j0) / kQueryBlock : s.query_blocks;
     for (int64_t qb = qb_first; qb < s.query_blocks; ++qb) {
       const int64_t i0 = qb * kQueryBlock, nq = std::min(kQueryBlock, s.Tq - i0);
-      const bool unmasked = tile_unmasked(hm, i0, j0 + visible);
-      if (!unmasked && !tile_bias(hm, i0, nq, j0, visible, t.bias)) continue;
+      bool unmasked = tile_unmasked(hm, i0, j0 + visible);
+      if (!unmasked) {
+        const Visibility visibility = tile_bias(hm, i0, nq, j0, visible, t.bias, t.mask_rows);
+        if (visibility == Visibility::none) continue;
+        unmasked = visibility == Visibility::all;
+      }
       const float* q_t = t.q_t + qb * D * kQueryBlock;
       const float* dout_t = t.dout_t + qb * D * kQueryBlock;
       gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, q_t, kQueryBlock, t.scores, kQueryBlock);

@@ -37,12 +37,13 @@ struct ForwardScratch {
   ForwardScratch(Carver& c, int64_t Tk, int64_t D, int64_t Dp)
       : keys(c.take(Tk * D)), values(c.take(Tk * Dp)), q_t(c.take(D * kQueryBlock)),
         out(c.take(kQueryBlock * Dp)), scores(c.take(kKeyBlock * kQueryBlock)),
-        bias(c.take(kKeyBlock * kQueryBlock)), max(c.take(kQueryBlock)), sum(c.take(kQueryBlock)),
+        bias(c.take(kKeyBlock * kQueryBlock)), mask_rows(c.take(kQueryBlock * kKeyBlock)), max(c.take(kQueryBlock)), sum(c.take(kQueryBlock)),
         rescale(c.take(kQueryBlock)) {}
   float *keys, *values;   // (Tk, D) and (Tk, Dp): the head's k and v, contiguous
   float* q_t;             // (D, kQueryBlock): scale * q, transposed
   float* out;             // (kQueryBlock, Dp): unnormalized output
   float *scores, *bias;   // (kKeyBlock, kQueryBlock)
+  float* mask_rows;       // (kQueryBlock, kKeyBlock): an explicit mask's tile, untransposed
   float *max, *sum;       // (kQueryBlock,) running max and sum of exp
   float* rescale;         // (kQueryBlock,) factor of the old output for the new max
 };
@@ -114,8 +115,12 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
   const int64_t key_end = visible_key_end(hm, i0 + nq - 1);
   for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
     const int64_t nk = std::min(kKeyBlock, key_end - j0);
-    const bool unmasked = tile_unmasked(hm, i0, j0 + nk);
-    if (!unmasked && !tile_bias(hm, i0, nq, j0, nk, s.bias)) continue;
+    bool unmasked = tile_unmasked(hm, i0, j0 + nk);
+    if (!unmasked) {
+      const Visibility visibility = tile_bias(hm, i0, nq, j0, nk, s.bias, s.mask_rows);
+      if (visibility == Visibility::none) continue;
+      unmasked = visibility == Visibility::all;
+    }
     // scores^T (keys x queries) = k_block . (scale q)^T
     gemm<Update::overwrite>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores,
                             kQueryBlock);

@@ -52,12 +52,6 @@ inline HeadMask head_mask(const AttentionMask& m, int64_t b, int64_t h, int64_t 
   return hm;
 }
 
-inline bool may_attend(const HeadMask& hm, int64_t i, int64_t j) {
-  if (j >= hm.key_end) return false;
-  if (hm.structured && j > i + hm.offset && j >= hm.prefix) return false;
-  return !hm.bits || hm.bits[i * hm.bits_query_stride + j * hm.bits_key_stride];
-}
-
 // Keys that some query in [0, last_query] may see lie below this.
 inline int64_t visible_key_end(const HeadMask& hm, int64_t last_query) {
   int64_t end = hm.key_end;
@@ -80,89 +74,6 @@ inline int64_t first_query_seeing(const HeadMask& hm, int64_t key) {
 inline bool tile_unmasked(const HeadMask& hm, int64_t first_query, int64_t key_end) {
   if (hm.bits || key_end > hm.key_end) return false;
   return !hm.structured || key_end - 1 <= first_query + hm.offset || key_end <= hm.prefix;
-}
-
-// bias[j][i] = 0 where query i0 + i may attend to key j0 + j, else -inf, for
-// the tile's nk keys and nq queries (lanes past nq are garbage). Returns
-// whether any pair may attend: a tile that returns false is skipped. Keys
-// past key_end must already be cut off (visible_key_end).
-inline bool tile_bias(const HeadMask& hm, int64_t i0, int64_t nq, int64_t j0, int64_t nk, float* bias) {
-  if (hm.bits) {  // explicit mask: one lookup a pair
-    bool any = false;
-    for (int64_t j = 0; j < nk; ++j) {
-      float* row = bias + j * kQueryBlock;
-      for (int64_t i = 0; i < kQueryBlock; ++i) {
-        const bool allowed = i < nq && may_attend(hm, i0 + i, j0 + j);
-        row[i] = allowed ? 0.0f : kMinusInf;
-        any |= allowed;
-      }
-    }
-    return any;
-  }
-  // Structured masks alone: query i sees key j iff i >= j - offset or j < prefix.
-  if (j0 > i0 + nq - 1 + hm.offset && j0 >= hm.prefix) return false;
-  float lane_index[kWidth];
-  for (int l = 0; l < kWidth; ++l) lane_index[l] = static_cast<float>(l);
-  const Vec lanes = load(lane_index), zero = splat(0.0f), minus_inf = splat(kMinusInf);
-  for (int64_t j = 0; j < nk; ++j) {
-    float* row = bias + j * kQueryBlock;
-    const bool in_prefix = j0 + j < hm.prefix;
-    // The first query (relative to i0) that sees key j0 + j; exact in float
-    // for sequences shorter than 2^24.
-    const Vec first = splat(static_cast<float>(j0 + j - hm.offset - i0));
-    for (int v = 0; v < kQueryVectors; ++v) {
-      const Vec query = lanes + splat(static_cast<float>(v * kWidth));
-      store(row + v * kWidth, in_prefix ? zero : select(not_less(query, first), zero, minus_inf));
-    }
-  }
-  return true;
-}
-
-// Dropout: factor 1/(1 - p) where the weight is kept, 0 where dropped.
-struct Dropout {
-  bool enabled;
-  uint32_t threshold;
-  float keep_scale;
-  uint64_t seed;
-};
-
-inline Dropout make_dropout(const AttentionOptions& options) {
-  return {options.dropout_p > 0, dropout_threshold(options.dropout_p),
-          static_cast<float>(1.0 / (1.0 - options.dropout_p)), options.seed};
-}
-
-// factors[w][v] (w < 4 keys from the 4-aligned key j4, v < kQueryVectors):
-// the dropout factors of queries i0 + v * kWidth + lane (see philox.h).
-inline void dropout_factors(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j4,
-                            Vec factors[4][kQueryVectors]) {
-  PhiloxLanes lane{};
-  for (int l = 0; l < kWidth; ++l) lane[l] = static_cast<uint32_t>(l);
-  const PhiloxLanes zero{};
-  for (int v = 0; v < kQueryVectors; ++v) {
-    const PhiloxLanes query = lane + static_cast<uint32_t>(i0 + v * kWidth);
-    const PhiloxBlocks words = philox4x32(zero + static_cast<uint32_t>(j4 / 4), query,
-                                          zero + static_cast<uint32_t>(h), zero + static_cast<uint32_t>(b),
-                                          dropout.seed);
-    uint32_t scale_bits;
-    std::memcpy(&scale_bits, &dropout.keep_scale, sizeof scale_bits);
-    for (int w = 0; w < 4; ++w) {
-      const PhiloxLanes kept = (PhiloxLanes)(words.w[w] >= dropout.threshold);  // all ones or 0
-      const PhiloxLanes bits = kept & scale_bits;
-      std::memcpy(&factors[w][v], &bits, sizeof bits);
-    }
-  }
-}
-
-// Calls body(j, factor[kQueryVectors]) for each key row j < nk of a tile that
-// starts at key j0 (a multiple of 4).
-template <class Body>
-inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j0,
-                                 int64_t nk, Body body) {
-  Vec factors[4][kQueryVectors];
-  for (int64_t g = 0; g < nk; g += 4) {
-    dropout_factors(dropout, b, h, i0, j0 + g, factors);
-    for (int64_t w = 0; w < 4 && g + w < nk; ++w) body(g + w, factors[w]);
-  }
 }
 
 #if defined(__AVX512F__)
@@ -218,6 +129,118 @@ inline void pack_transposed(float* dst, const float* src, int64_t row_stride, in
     for (int64_t d = 0; d < D; ++d) dst[d * kQueryBlock + i] = factor * src[i * row_stride + d];
   for (int64_t d = 0; d < D; ++d)
     for (int64_t i = nq; i < kQueryBlock; ++i) dst[d * kQueryBlock + i] = 0.0f;
+}
+
+enum class Visibility { none, some, all };
+
+// bias[j][i] = 0 where query i0 + i may attend to key j0 + j, else -inf, for
+// the tile's nk keys and nq queries (lanes past nq are garbage). Returns
+// whether no pair, some or all pairs may attend: a tile with none is skipped,
+// one with all needs no bias (and gets none). Keys past key_end must already
+// be cut off (visible_key_end). `rows` is scratch of kQueryBlock * nk floats
+// for an explicit mask.
+inline Visibility tile_bias(const HeadMask& hm, int64_t i0, int64_t nq, int64_t j0, int64_t nk, float* bias,
+                            float* rows) {
+  if (hm.bits) {
+    // An explicit mask is contiguous along keys: build the tile a query row
+    // at a time (queries x keys), then transpose it.
+    bool any = false, all = true;
+    for (int64_t i = 0; i < nq; ++i) {
+      float* row = rows + i * nk;
+      const uint8_t* bits = hm.bits + (i0 + i) * hm.bits_query_stride + j0 * hm.bits_key_stride;
+      int64_t seen = nk;  // keys below j0 + seen pass the structured masks
+      if (hm.structured) {
+        const int64_t reach = i0 + i + hm.offset + 1 > hm.prefix ? i0 + i + hm.offset + 1 : hm.prefix;
+        seen = reach - j0 < 0 ? 0 : reach - j0 < nk ? reach - j0 : nk;
+      }
+      const int64_t step = hm.bits_key_stride;
+      uint8_t row_any = 0, row_all = 1;
+      if (step == 1) {  // the usual layout, in a loop the compiler vectorizes
+        for (int64_t j = 0; j < seen; ++j) {
+          row[j] = bits[j] ? 0.0f : kMinusInf;
+          row_any |= bits[j];
+          row_all &= bits[j];
+        }
+      } else {
+        for (int64_t j = 0; j < seen; ++j) {
+          row[j] = bits[j * step] ? 0.0f : kMinusInf;
+          row_any |= bits[j * step];
+          row_all &= bits[j * step];
+        }
+      }
+      for (int64_t j = seen; j < nk; ++j) row[j] = kMinusInf;
+      any |= row_any != 0;
+      all &= row_all != 0 && seen == nk;
+    }
+    if (!any) return Visibility::none;
+    if (all) return Visibility::all;
+    pack_transposed(bias, rows, nk, nq, nk);
+    return Visibility::some;
+  }
+  // Structured masks alone: query i sees key j iff i >= j - offset or j < prefix.
+  if (j0 > i0 + nq - 1 + hm.offset && j0 >= hm.prefix) return Visibility::none;
+  float lane_index[kWidth];
+  for (int l = 0; l < kWidth; ++l) lane_index[l] = static_cast<float>(l);
+  const Vec lanes = load(lane_index), zero = splat(0.0f), minus_inf = splat(kMinusInf);
+  for (int64_t j = 0; j < nk; ++j) {
+    float* row = bias + j * kQueryBlock;
+    const bool in_prefix = j0 + j < hm.prefix;
+    // The first query (relative to i0) that sees key j0 + j; exact in float
+    // for sequences shorter than 2^24.
+    const Vec first = splat(static_cast<float>(j0 + j - hm.offset - i0));
+    for (int v = 0; v < kQueryVectors; ++v) {
+      const Vec query = lanes + splat(static_cast<float>(v * kWidth));
+      store(row + v * kWidth, in_prefix ? zero : select(not_less(query, first), zero, minus_inf));
+    }
+  }
+  return Visibility::some;
+}
+
+// Dropout: factor 1/(1 - p) where the weight is kept, 0 where dropped.
+struct Dropout {
+  bool enabled;
+  uint32_t threshold;
+  float keep_scale;
+  uint64_t seed;
+};
+
+inline Dropout make_dropout(const AttentionOptions& options) {
+  return {options.dropout_p > 0, dropout_threshold(options.dropout_p),
+          static_cast<float>(1.0 / (1.0 - options.dropout_p)), options.seed};
+}
+
+// factors[w][v] (w < 4 keys from the 4-aligned key j4, v < kQueryVectors):
+// the dropout factors of queries i0 + v * kWidth + lane (see philox.h).
+inline void dropout_factors(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j4,
+                            Vec factors[4][kQueryVectors]) {
+  PhiloxLanes lane{};
+  for (int l = 0; l < kWidth; ++l) lane[l] = static_cast<uint32_t>(l);
+  const PhiloxLanes zero{};
+  for (int v = 0; v < kQueryVectors; ++v) {
+    const PhiloxLanes query = lane + static_cast<uint32_t>(i0 + v * kWidth);
+    const PhiloxBlocks words = philox4x32(zero + static_cast<uint32_t>(j4 / 4), query,
+                                          zero + static_cast<uint32_t>(h), zero + static_cast<uint32_t>(b),
+                                          dropout.seed);
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &dropout.keep_scale, sizeof scale_bits);
+    for (int w = 0; w < 4; ++w) {
+      const PhiloxLanes kept = (PhiloxLanes)(words.w[w] >= dropout.threshold);  // all ones or 0
+      const PhiloxLanes bits = kept & scale_bits;
+      std::memcpy(&factors[w][v], &bits, sizeof bits);
+    }
+  }
+}
+
+// Calls body(j, factor[kQueryVectors]) for each key row j < nk of a tile that
+// starts at key j0 (a multiple of 4).
+template <class Body>
+inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, int64_t i0, int64_t j0,
+                                 int64_t nk, Body body) {
+  Vec factors[4][kQueryVectors];
+  for (int64_t g = 0; g < nk; g += 4) {
+    dropout_factors(dropout, b, h, i0, j0 + g, factors);
+    for (int64_t w = 0; w < 4 && g + w < nk; ++w) body(g + w, factors[w]);
+  }
 }
 
 // Hands out 64-byte aligned float arrays from one per-thread block. A
