@@ -8,8 +8,8 @@
 // in a per-task buffer. Per tile (keys x queries, attention_tiles.h):
 //   p^T  = exp(k q^T * scale - lse)          probabilities, recomputed
 //   dp^T = v dout^T                          gradient of the probabilities
-//   ds^T = p^T o (dp^T - delta) * scale      delta_i = dout_i . out_i
-//   dv  += p^T dout,  dk += ds^T q,  dq += ds k
+//   ds^T = p^T o (dp^T - delta)              delta_i = dout_i . out_i
+//   dv  += p^T dout,  dk += ds^T q,  dq += ds k   (dk, dq times scale at the end)
 // five small products (gemm_tile.h). With dropout, p and dp carry the
 // regenerated factors (philox.h). Heads are split over key ranges only as far
 // as needed for kMinTasks tasks, a number fixed by the shape alone, and
@@ -69,10 +69,13 @@ struct BackwardScratch {
 };
 
 // Turns a tile's scores and dout.v products into the dropped probabilities
-// (for dv) and the score gradients times scale (for dk and dq), in place.
-void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t nk, int64_t nq,
-                      float scale, const float* lse, const float* delta, const Dropout& dropout,
-                      int64_t b, int64_t h, int64_t i0, int64_t j0) {
+// (for dv) and the score gradients over scale (for dk and dq, which are
+// scaled once, when written), in place. One loop for each combination of
+// mask and dropout, so the common one carries no branches.
+template <bool HasBias, bool HasDropout>
+void softmax_gradient_rows(float* scores, float* dscores, const float* bias, int64_t nk, int64_t nq,
+                           const float* lse, const float* delta, const Dropout& dropout, int64_t b, int64_t h,
+                           int64_t i0, int64_t j0) {
   Vec lse_v[kQueryVectors], delta_v[kQueryVectors];
   for (int v = 0; v < kQueryVectors; ++v) {
     const int64_t lanes = std::min<int64_t>(kWidth, nq - v * kWidth);
@@ -80,34 +83,48 @@ void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t 
                                                           : load(lse + v * kWidth, static_cast<int>(lanes));
     delta_v[v] = load(delta + v * kWidth);
   }
-  const Vec vscale = splat(scale);
   auto row = [&](int64_t j, const Vec* factor) {
     for (int v = 0; v < kQueryVectors; ++v) {
       float* s = scores + j * kQueryBlock + v * kWidth;
       float* ds = dscores + j * kQueryBlock + v * kWidth;
       Vec x = load(s);
-      if (bias) x = x + load(bias + j * kQueryBlock + v * kWidth);
+      if constexpr (HasBias) x = x + load(bias + j * kQueryBlock + v * kWidth);
       const Vec p = exp(x - lse_v[v]);
-      Vec dp = load(ds);
-      if (factor) dp = dp * factor[v];
-      store(ds, p * (dp - delta_v[v]) * vscale);
-      store(s, factor ? p * factor[v] : p);
+      if constexpr (HasDropout) {
+        store(ds, p * (load(ds) * factor[v] - delta_v[v]));
+        store(s, p * factor[v]);
+      } else {
+        store(ds, p * (load(ds) - delta_v[v]));
+        store(s, p);
+      }
     }
   };
-  if (dropout.enabled) {
+  if constexpr (HasDropout) {
     for_each_dropout_row(dropout, b, h, i0, j0, nk, row);
   } else {
     for (int64_t j = 0; j < nk; ++j) row(j, nullptr);
   }
 }
 
+void softmax_gradient(float* scores, float* dscores, const float* bias, int64_t nk, int64_t nq,
+                      const float* lse, const float* delta, const Dropout& dropout, int64_t b, int64_t h,
+                      int64_t i0, int64_t j0) {
+  auto run = [&](auto kernel) { kernel(scores, dscores, bias, nk, nq, lse, delta, dropout, b, h, i0, j0); };
+  if (bias) {
+    dropout.enabled ? run(softmax_gradient_rows<true, true>) : run(softmax_gradient_rows<true, false>);
+  } else {
+    dropout.enabled ? run(softmax_gradient_rows<false, true>) : run(softmax_gradient_rows<false, false>);
+  }
+}
+
 // Gradient rows out, with non-temporal stores when the gradients are larger
 // than the caches (they are not read again here).
 void write_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t D,
-                bool streaming) {
+                float factor, bool streaming) {
+  const Vec f = splat(factor);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = src + r * src_stride;
-    write_vectors(dst + r * dst_stride, D, streaming, [&](int64_t d, int lanes) { return load(row + d, lanes); });
+    write_vectors(dst + r * dst_stride, D, streaming, [&](int64_t d, int lanes) { return load(row + d, lanes) * f; });
   }
 }
 
@@ -168,16 +185,16 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
       gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, q_t, kQueryBlock, t.scores, kQueryBlock);
       gemm<Update::overwrite>(visible, kQueryBlock, D, {t.values, Dp, 1}, dout_t, kQueryBlock, t.dscores,
                               kQueryBlock);
-      softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, options.scale,
-                       lse + i0, t.delta + i0, dropout, b, h, i0, j0);
+      softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, lse + i0, t.delta + i0,
+                       dropout, b, h, i0, j0);
       gemm<Update::accumulate>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
       gemm<Update::accumulate>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
       gemm<Update::accumulate>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
     }
-    write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D, s.streaming);
-    write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D, s.streaming);
+    write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D, options.scale, s.streaming);
+    write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D, 1.0f, s.streaming);
   }
-  write_rows(dq_rows, dq_stride, t.dq, Dp, s.Tq, D, s.streaming && s.chunks == 1);
+  write_rows(dq_rows, dq_stride, t.dq, Dp, s.Tq, D, options.scale, s.streaming && s.chunks == 1);
 }
 
 }  // namespace
