@@ -11,7 +11,9 @@ Targets:
   in a fresh process (timed by a single second call), beside the 805 MB of
   one T×T float32 score matrix per head. (Each thread holds a contiguous
   copy of the head it works on, O(T·D), besides its tiles.);
-- BERT's attention dropout (p = 0.1) at the first shape, for its cost;
+- BERT's attention dropout (p = 0.1) at the first shape, for its cost, and
+  the causal mask given as an explicit bool array (the path for any other
+  mask) beside causal=True;
 - GFLOP/s by FlashAttention's count (4·B·H·Tq·Tk·D forward, 2.5x that backward,
   halved when causal; padded keys not counted) beside the float32 matmul peak
   measured in the same run.
@@ -134,7 +136,11 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
         if i == 0 and torch is not None:
             torch_best_layout(torch, results, (q, k, v, dout), shape, 3.5 * 4 * B * H * T * T * D, peak, repeats)
         if i == 0:
-            time_rows("[causal]", dict(causal=True), dict(is_causal=True), work=0.5)
+            causal = time_rows("[causal]", dict(causal=True), dict(is_causal=True), work=0.5)
+            tril = np.tril(np.ones((T, T), bool))
+            explicit = time_rows("[mask=tril]", dict(mask=tril), dict(attn_mask=torch and torch.from_numpy(tril)),
+                                 ", attn_mask", work=0.5, forward=False)
+            explicit.note = f"{explicit.ms / causal.ms:.2f}x the time of causal=True"
             key_lengths = np.full(B, T)
             key_lengths[B // 2:] = T // 2  # half the batch is half padding
             keep = torch and (torch.arange(T) < torch.from_numpy(key_lengths)[:, None])[:, None, None]  # (B, 1, 1, T)

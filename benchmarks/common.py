@@ -102,26 +102,33 @@ def _speedup(r):
     return f"{text}; {r.note}" if text and r.note else text or r.note
 
 
+# The two kinds of rows: (title of the rate column, its value, title of the
+# bound column, its value as printed) and the widths of op, shape, impl/variant, ms.
+_MEMORY_COLUMNS = (("GB/s", lambda r: f"{r.gbps:7.1f}"), ("x bound", lambda r: f"{r.vs_bound:8.2f}"), (22, 10, 24, 3))
+_COMPUTE_COLUMNS = (("GFLOP/s", lambda r: f"{r.gflops:7.1f}"), ("% peak", lambda r: f"{100 / r.vs_bound:7.0f}%"),
+                    (31, 16, 34, 1))
+
+
+def _print_rows(rows, columns):
+    (rate, rate_text), (bound, bound_text), (op_w, shape_w, impl_w, digits) = columns
+    header = f"{'op':<{op_w}} {'shape':<{shape_w}} {'impl/variant':<{impl_w}} {'ms':>8} {rate:>7} {bound:>8}  speedup"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.op:<{op_w}} {r.shape:<{shape_w}} {r.impl + '/' + r.variant:<{impl_w}} {r.ms:8.{digits}f} "
+              f"{rate_text(r)} {bound_text(r)}  {_speedup(r)}")
+
+
 def print_table(results):
     """Memory-bound rows (GB/s, x bound), then compute-bound rows (GFLOP/s, % of the matmul peak)."""
     memory_bound = [r for r in results if not r.flops]
     compute_bound = [r for r in results if r.flops]
     if memory_bound:
-        header = f"{'op':<22} {'shape':<10} {'impl/variant':<24} {'ms':>8} {'GB/s':>7} {'x bound':>8}  speedup"
-        print(header)
-        print("-" * len(header))
-        for r in memory_bound:
-            print(f"{r.op:<22} {r.shape:<10} {r.impl + '/' + r.variant:<24} {r.ms:8.3f} "
-                  f"{r.gbps:7.1f} {r.vs_bound:8.2f}  {_speedup(r)}")
+        _print_rows(memory_bound, _MEMORY_COLUMNS)
     if compute_bound:
         if memory_bound:
             print()
-        header = f"{'op':<31} {'shape':<16} {'impl/variant':<34} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}  speedup"
-        print(header)
-        print("-" * len(header))
-        for r in compute_bound:
-            print(f"{r.op:<31} {r.shape:<16} {r.impl + '/' + r.variant:<34} {r.ms:8.1f} "
-                  f"{r.gflops:8.1f} {100 / r.vs_bound:6.0f}%  {_speedup(r)}")
+        _print_rows(compute_bound, _COMPUTE_COLUMNS)
 
 
 def machine_description(threads, copy_gbps):
