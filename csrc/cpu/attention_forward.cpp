@@ -37,8 +37,8 @@ struct ForwardScratch {
   ForwardScratch(Carver& c, int64_t Tk, int64_t D, int64_t Dp)
       : keys(c.take(Tk * D)), values(c.take(Tk * Dp)), q_t(c.take(D * kQueryBlock)),
         out(c.take(kQueryBlock * Dp)), scores(c.take(kKeyBlock * kQueryBlock)),
-        bias(c.take(kKeyBlock * kQueryBlock)), mask_rows(c.take(kQueryBlock * kKeyBlock)), max(c.take(kQueryBlock)), sum(c.take(kQueryBlock)),
-        rescale(c.take(kQueryBlock)) {}
+        bias(c.take(kKeyBlock * kQueryBlock)), mask_rows(c.take(kQueryBlock * kKeyBlock)),
+        max(c.take(kQueryBlock)), sum(c.take(kQueryBlock)), rescale(c.take(kQueryBlock)) {}
   float *keys, *values;   // (Tk, D) and (Tk, Dp): the head's k and v, contiguous
   float* q_t;             // (D, kQueryBlock): scale * q, transposed
   float* out;             // (kQueryBlock, Dp): unnormalized output
