@@ -64,8 +64,17 @@ void online_softmax(float* scores, const float* bias, int64_t nk, float* running
         store(col + j * kQueryBlock, x);
         block_max = max(block_max, x);
       }
-    } else {
-      for (int64_t j = 0; j < nk; ++j) block_max = max(block_max, load(col + j * kQueryBlock));
+    } else {  // four running maxima: one would wait on the latency of each max
+      Vec m1 = minus_inf, m2 = minus_inf, m3 = minus_inf;
+      int64_t j = 0;
+      for (; j + 4 <= nk; j += 4) {
+        block_max = max(block_max, load(col + j * kQueryBlock));
+        m1 = max(m1, load(col + (j + 1) * kQueryBlock));
+        m2 = max(m2, load(col + (j + 2) * kQueryBlock));
+        m3 = max(m3, load(col + (j + 3) * kQueryBlock));
+      }
+      for (; j < nk; ++j) block_max = max(block_max, load(col + j * kQueryBlock));
+      block_max = max(max(block_max, m1), max(m2, m3));
     }
     const Vec old_max = load(running_max + v * kWidth);
     const Vec new_max = max(old_max, block_max);

@@ -57,9 +57,6 @@ inline Mask greater(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_
 inline Mask not_less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NLT_UQ); }
 // Lanes of `a` where `m` is set, of `b` elsewhere.
 inline Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
-inline Vec round_to_int(Vec a) {
-  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-}
 // a * 2^n for integral n; vscalefps gets overflow, underflow and subnormals right.
 inline Vec ldexp(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
 
@@ -98,9 +95,6 @@ inline Mask less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
 inline Mask greater(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ); }
 inline Mask not_less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_NLT_UQ); }
 inline Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
-inline Vec round_to_int(Vec a) {
-  return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-}
 // a * 2^n for integral n in [-252, 254], in two exact steps so that results
 // down to the subnormal range and up to overflow come out right.
 inline Vec ldexp(Vec a, Vec n) {
@@ -159,11 +153,6 @@ inline Vec select(Mask m, Vec a, Vec b) {
   Vec out;
   std::memcpy(&out.v, &r, sizeof r);
   return out;
-}
-inline Vec round_to_int(Vec a) {
-  Vec r;
-  for (int i = 0; i < 4; ++i) r.v[i] = __builtin_rintf(a.v[i]);
-  return r;
 }
 inline Vec ldexp(Vec a, Vec n) {
   Vec r;
