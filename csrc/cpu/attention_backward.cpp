@@ -182,14 +182,18 @@ void key_range(const Inputs& in, HeadsView dk, HeadsView dv, float* dq_rows, int
       }
       const float* q_t = t.q_t + qb * D * kQueryBlock;
       const float* dout_t = t.dout_t + qb * D * kQueryBlock;
-      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.keys, Dp, 1}, q_t, kQueryBlock, t.scores, kQueryBlock);
-      gemm<Update::overwrite>(visible, kQueryBlock, D, {t.values, Dp, 1}, dout_t, kQueryBlock, t.dscores,
-                              kQueryBlock);
+      gemm_contiguous_rows<Update::overwrite>(visible, kQueryBlock, D, t.keys, Dp, q_t, kQueryBlock, t.scores,
+                                              kQueryBlock);
+      gemm_contiguous_rows<Update::overwrite>(visible, kQueryBlock, D, t.values, Dp, dout_t, kQueryBlock,
+                                              t.dscores, kQueryBlock);
       softmax_gradient(t.scores, t.dscores, unmasked ? nullptr : t.bias, visible, nq, lse + i0, t.delta + i0,
                        dropout, b, h, i0, j0);
-      gemm<Update::accumulate>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp, Dp, t.dv, Dp);
-      gemm<Update::accumulate>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp, Dp, t.dk, Dp);
-      gemm<Update::accumulate>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp, t.dq + i0 * Dp, Dp);
+      gemm<Update::accumulate, kQueryBlock, 1>(visible, Dp, nq, {t.scores, kQueryBlock, 1}, t.dout_rows + i0 * Dp,
+                                               Dp, t.dv, Dp);
+      gemm<Update::accumulate, kQueryBlock, 1>(visible, Dp, nq, {t.dscores, kQueryBlock, 1}, t.q_rows + i0 * Dp,
+                                               Dp, t.dk, Dp);
+      gemm<Update::accumulate, 1, kQueryBlock>(nq, Dp, visible, {t.dscores, 1, kQueryBlock}, t.keys, Dp,
+                                               t.dq + i0 * Dp, Dp);
     }
     write_rows(dk.head(b, h) + j0 * dk.seq_stride, dk.seq_stride, t.dk, Dp, nk, D, options.scale, s.streaming);
     write_rows(dv.head(b, h) + j0 * dv.seq_stride, dv.seq_stride, t.dv, Dp, nk, D, 1.0f, s.streaming);

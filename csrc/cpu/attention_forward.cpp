@@ -131,13 +131,13 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
       unmasked = visibility == Visibility::all;
     }
     // scores^T (keys x queries) = k_block . (scale q)^T
-    gemm<Update::overwrite>(nk, kQueryBlock, D, {s.keys + j0 * D, D, 1}, s.q_t, kQueryBlock, s.scores,
-                            kQueryBlock);
+    gemm_contiguous_rows<Update::overwrite>(nk, kQueryBlock, D, s.keys + j0 * D, D, s.q_t, kQueryBlock,
+                                            s.scores, kQueryBlock);
     online_softmax(s.scores, unmasked ? nullptr : s.bias, nk, s.max, s.sum, s.rescale);
     if (in.dropout.enabled) apply_dropout(s.scores, in.dropout, b, h, i0, j0, nk);
     // out (queries x D) = rescale * out + p . v_block, p read from scores^T
-    gemm<Update::rescale_accumulate>(nq, Dp, nk, {s.scores, 1, kQueryBlock}, s.values + j0 * Dp, Dp, s.out, Dp,
-                                     s.rescale);
+    gemm<Update::rescale_accumulate, 1, kQueryBlock>(nq, Dp, nk, {s.scores, 1, kQueryBlock}, s.values + j0 * Dp,
+                                                     Dp, s.out, Dp, s.rescale);
   }
 
   float* out_rows = out.head(b, h) + i0 * out.seq_stride;

