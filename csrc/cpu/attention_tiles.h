@@ -269,14 +269,6 @@ int64_t scratch_floats(const Args&... args) {
   return counter.used();
 }
 
-// dst[0, n) = src[0, n): rows here are a few hundred bytes, too short to
-// pay for a call to memcpy.
-inline void copy_floats(float* dst, const float* src, int64_t n) {
-  int64_t d = 0;
-  for (; d + kWidth <= n; d += kWidth) store(dst + d, load(src + d));
-  if (d < n) store(dst + d, load(src + d, static_cast<int>(n - d)), static_cast<int>(n - d));
-}
-
 // dst rows of `padded` floats (a multiple of kWidth): the first D from src
 // rows, then zeros.
 inline void pack_rows(float* dst, int64_t padded, const float* src, int64_t row_stride, int64_t rows,
