@@ -56,10 +56,6 @@ HeadsArg output_heads(py::handle obj, const char* name, const Shape& shape) {
   return out;
 }
 
-ConstHeadsView as_const(const HeadsView& v) {
-  return {v.data, v.batch, v.seq, v.heads, v.dim, v.batch_stride, v.seq_stride, v.head_stride};
-}
-
 // key_lengths / prefix_lengths: None, or integers (B,) in [0, Tk], copied to int64.
 py::array_t<int64_t> lengths_arg(py::handle obj, const char* name, int64_t B, int64_t Tk) {
   if (obj.is_none()) return py::array_t<int64_t>();

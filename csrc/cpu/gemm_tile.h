@@ -13,7 +13,8 @@
 // the pace (6 x 4 zmm: 10 loads feed 24 FMAs).
 //
 // Why not a BLAS call per tile: the tiles are small (64 x 64 x 64 in the
-// backward), and measured single-threaded on them (AVX-512, 2 GHz) OpenBLAS's
+// backward), and measured once, single-threaded, with a standalone harness
+// (not part of benchmarks/; AVX-512, 2 GHz) OpenBLAS's
 // sgemm (NumPy's scipy-openblas) reaches about 90 GFLOP/s, packing its
 // operands on every call, where this kernel reaches 95-105 reading them in
 // place through the strides above, and adds no dependency to the wheel.
@@ -44,7 +45,8 @@ enum class Update { overwrite, accumulate, rescale_accumulate };
 
 // RowStep and KStep, when not 0, fix a.row_step and a.k_step at compile
 // time: the broadcasts then address A with constant offsets instead of a
-// table of row pointers, which makes a 64 x 64 x 64 product about 10% faster.
+// table of row pointers, which made a 64 x 64 x 64 product about 10% faster
+// in a standalone timing (not part of benchmarks/).
 template <int Rows, int Vectors, Update Mode, int64_t RowStep, int64_t KStep>
 inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int64_t ldb,
                       float* __restrict c, int64_t ldc, const float* row_scale) {

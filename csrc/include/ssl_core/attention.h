@@ -22,6 +22,10 @@ struct HeadsViewT {
 using HeadsView = HeadsViewT<float>;
 using ConstHeadsView = HeadsViewT<const float>;
 
+inline ConstHeadsView as_const(const HeadsView& v) {
+  return {v.data, v.batch, v.seq, v.heads, v.dim, v.batch_stride, v.seq_stride, v.head_stride};
+}
+
 // Which keys j each query i may attend to (for batch b, head h): all of
 //   j < key_lengths[b]                                   (padding; if given)
 //   mask[b, h, i, j]                                      (explicit; if given)
