@@ -58,6 +58,12 @@ void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView
   SSL_CORE_PICK(attention_backward)(dq, dk, dv, dout, q, k, v, out, lse, options);
 }
 
+CrossEntropyResult linear_cross_entropy(RowsView d_hidden, RowsView d_weight, float* d_bias, ConstRowsView hidden,
+                                        ConstRowsView weight, const float* bias, const CrossEntropyLabels& labels,
+                                        const CrossEntropyOptions& options) {
+  return SSL_CORE_PICK(linear_cross_entropy)(d_hidden, d_weight, d_bias, hidden, weight, bias, labels, options);
+}
+
 void copy_memory(void* dst, const void* src, int64_t bytes) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t blocks = (bytes + kBlock - 1) / kBlock;

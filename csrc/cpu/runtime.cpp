@@ -138,6 +138,14 @@ int thread_index() {
 #endif
 }
 
+int threads_in_region() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 bool prefer_streaming_stores(int64_t output_bytes) {
   static const int64_t l2_bytes = [] {
 #ifdef _SC_LEVEL2_CACHE_SIZE

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "ssl_core/attention.h"
+#include "ssl_core/cross_entropy.h"
 #include "ssl_core/views.h"
 
 namespace ssl_core::cpu {
@@ -22,6 +23,9 @@ enum class GeluApproximation { none, tanh };
 // (B, Tk, H, D); lse (B, H, Tq) contiguous.
 // Shapes: x, y (N, C); weight, bias (C,); mean, rstd (N,).
 // y may be the same memory as x (in place).
+// Cross-entropy (cross_entropy.h): hidden, d_hidden (N, C); weight, d_weight
+// (V, C); bias, d_bias (V,) or null. d_hidden.data null: no gradients; else
+// every row of d_hidden is written (zeros where unlabelled).
 #define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
   void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, \
                           const float* weight, const float* bias, float eps);    \
@@ -37,7 +41,11 @@ enum class GeluApproximation { none, tanh };
   void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, \
                           ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,         \
                           ConstHeadsView out, const float* lse,                          \
-                          const AttentionOptions& options);
+                          const AttentionOptions& options);                     \
+  CrossEntropyResult linear_cross_entropy(                                               \
+      RowsView d_hidden, RowsView d_weight, float* d_bias, ConstRowsView hidden,         \
+      ConstRowsView weight, const float* bias, const CrossEntropyLabels& labels,         \
+      const CrossEntropyOptions& options);
 
 namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
 namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }

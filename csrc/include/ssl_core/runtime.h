@@ -37,6 +37,7 @@ int threads_for(int64_t work_items, int64_t min_items_per_thread);
 // The calling thread's number inside a parallel region of the kernels, from
 // 0; 0 outside one.
 int thread_index();
+int threads_in_region();  // how many run the current parallel region; 1 outside one
 
 // Whether a kernel writing `output_bytes` should use non-temporal stores: when
 // the output cannot stay in the threads' L2 caches anyway, streaming it to

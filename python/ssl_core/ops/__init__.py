@@ -4,8 +4,10 @@ array type (NumPy arrays run the CPU kernels)."""
 from ssl_core.ops.activation import gelu, gelu_backward
 from ssl_core.ops.attention import attention, attention_backward, attention_forward
 from ssl_core.ops.layer_norm import layer_norm, layer_norm_backward, layer_norm_forward
+from ssl_core.ops.loss import MaskedLMLoss, masked_lm_loss
 
 __all__ = [
+    "MaskedLMLoss",
     "attention",
     "attention_backward",
     "attention_forward",
@@ -14,4 +16,5 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "masked_lm_loss",
 ]
