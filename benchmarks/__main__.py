@@ -4,7 +4,7 @@ Prints one table of every kernel beside its reference (torch where installed),
 timed in the same process with the same thread count, and writes it as JSON.
 "x bound" is the time over the time the op's memory traffic needs at the copy
 bandwidth measured at the start of the run (1.0 = as fast as a copy); compute-
-bound ops (attention) show GFLOP/s and the % of a float32 matmul's, measured
+bound ops (attention, loss) show GFLOP/s and the % of a float32 matmul's, measured
 in the same run.
 """
 
@@ -14,10 +14,10 @@ import time
 
 import ssl_core
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm
+from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss
 from benchmarks.common import copy_bandwidth, load_torch, machine_description, print_table, write_json
 
-SUITES = {"layer_norm": bench_layer_norm, "gelu": bench_gelu, "attention": bench_attention}
+SUITES = {"layer_norm": bench_layer_norm, "gelu": bench_gelu, "attention": bench_attention, "loss": bench_loss}
 
 
 def main():

@@ -162,3 +162,67 @@ def attention_backward(dout, q, k, v, **options):
     dk = np.einsum("bhij,bihd->bjhd", ds, q)
     dv = np.einsum("bhij,bihd->bjhd", p_drop, dout)
     return dq, dk, dv
+
+
+# --------------------------------------------------------- cross-entropy --
+
+def _cross_entropy_terms(hidden, weight, bias, labels, ignore_index, label_smoothing, reduction):
+    """The labelled rows of hidden, flattened to (N, C), and for them in float64:
+    targets, first largest logits, per-row losses and dz (M, V), the gradient
+    of the reduced loss with respect to the logits. (In-place steps keep two
+    (M, V) arrays alive, not seven: M x V is 21M at V = 70000.)"""
+    C = hidden.shape[-1]
+    V = weight.shape[0]
+    h = hidden.astype(np.float64).reshape(-1, C)
+    flat = np.asarray(labels).reshape(-1)
+    rows = np.flatnonzero(flat != ignore_index)
+    targets = flat[rows].astype(np.int64)
+    assert ((targets >= 0) & (targets < V)).all()
+    eps = float(label_smoothing)
+    z = h[rows] @ weight.astype(np.float64).T
+    if bias is not None:
+        z += bias.astype(np.float64)
+    argmax = z.argmax(-1) if z.size else np.zeros(len(rows), np.int64)
+    top = z.max(-1, keepdims=True, initial=-np.inf)
+    top[~np.isfinite(top)] = 0  # no row, or no logit: nothing to shift
+    z -= top                    # z - max: every exponent <= 0
+    e = np.exp(z)
+    total = e.sum(-1, keepdims=True)
+    log_p = z
+    log_p -= np.log(total)      # log-softmax
+    at = (np.arange(len(rows)), targets)
+    losses = -(1 - eps) * log_p[at] - eps * log_p.mean(-1)
+    scale = 1.0 / len(rows) if reduction == "mean" and len(rows) else 1.0
+    dz = e
+    dz /= total                 # softmax
+    dz -= eps / V
+    dz[at] -= 1 - eps
+    dz *= scale
+    return h, rows, targets, argmax, losses, dz, scale
+
+
+def linear_cross_entropy(hidden, weight, bias, labels, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy of the logits hidden @ weight.T + bias against labels
+    (target (1 - eps) onehot(label) + eps / V, as torch defines label
+    smoothing), over the positions whose label is not ignore_index, in
+    float64 with every logit materialized. Returns (loss, n_valid, n_correct,
+    d_hidden, d_weight, d_bias): the mean (or sum) loss, the labelled count,
+    how many of them have the label as first largest logit, and the gradients
+    of the reduced loss (d_hidden shaped like hidden, zero at unlabelled rows;
+    d_bias None when bias is None)."""
+    h, rows, targets, argmax, losses, dz, scale = _cross_entropy_terms(
+        hidden, weight, bias, labels, ignore_index, label_smoothing, reduction)
+    loss = float(losses.sum() * scale)
+    n_correct = int((argmax == targets).sum())
+    d_hidden = np.zeros(h.shape)
+    d_hidden[rows] = dz @ weight.astype(np.float64)
+    d_weight = dz.T @ h[rows]
+    d_bias = None if bias is None else dz.sum(0)
+    return loss, len(rows), n_correct, d_hidden.reshape(hidden.shape), d_weight, d_bias
+
+
+def linear_cross_entropy_logit_gradient(hidden, weight, bias, labels, ignore_index=-100, label_smoothing=0.0,
+                                        reduction="mean"):
+    """dz (M, V): the gradient of the reduced loss with respect to the float64
+    logits of the labelled rows, for sizing error bounds."""
+    return _cross_entropy_terms(hidden, weight, bias, labels, ignore_index, label_smoothing, reduction)[5]

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm, common
+from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, common
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -44,6 +44,17 @@ def test_attention_suite_reports_flops_and_memory(tmp_path, capsys):
     saved = json.loads(path.read_text())["results"]
     assert saved[0]["fraction_of_peak"] == 1.0
     assert np.isclose(saved[1]["gflops"], results[1].gflops, rtol=1e-3, atol=1e-3)  # rounded to 3 decimals
+
+
+def test_loss_suite_reports_flops_and_memory(capsys):
+    results = bench_loss.run(None, 1e9, repeats=2, shapes=[("tiny", 64, 0.25, 24, 300)], matmul_n=64)
+    rows = {(r.op, r.variant): r for r in results}
+    assert {("mlm loss", ""), ("mlm loss+grads", "grads="), ("mlm loss+grads", "grads=, new process")} <= set(rows)
+    labelled = int(results[1].shape.split()[2][1:])  # "tiny N64 M<labelled> C24 V300"
+    assert 0 < labelled < 64 and rows["mlm loss+grads", "grads="].flops == 6 * labelled * 24 * 300
+    assert rows["mlm loss+grads", "grads=, new process"].peak_rss_mb >= 0
+    common.print_table(results)
+    assert "mlm loss+grads" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():

@@ -243,32 +243,6 @@ inline void for_each_dropout_row(const Dropout& dropout, int64_t b, int64_t h, i
   }
 }
 
-// Hands out 64-byte aligned float arrays from one per-thread block. A
-// scratch layout is written once, as a constructor taking a Carver; run on a
-// null base it only counts, which sizes the block.
-class Carver {
- public:
-  explicit Carver(float* base) : base_(base) {}
-  float* take(int64_t count) {
-    float* p = base_ ? base_ + used_ : nullptr;
-    used_ += round_up(count, 16);
-    return p;
-  }
-  int64_t used() const { return used_; }
-
- private:
-  float* base_;
-  int64_t used_ = 0;
-};
-
-// Floats a scratch layout S, constructed from (Carver&, args...), takes.
-template <class S, class... Args>
-int64_t scratch_floats(const Args&... args) {
-  Carver counter(nullptr);
-  S(counter, args...);
-  return counter.used();
-}
-
 // dst rows of `padded` floats (a multiple of kWidth): the first D from src
 // rows, then zeros.
 inline void pack_rows(float* dst, int64_t padded, const float* src, int64_t row_stride, int64_t rows,

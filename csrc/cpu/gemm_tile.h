@@ -40,7 +40,10 @@ struct StridedA {
 
 // How a product treats the C it writes: overwrites it, adds to it, or adds
 // to it after scaling row r by row_scale[r] (an online softmax's rescaling
-// of its output, at no extra pass).
+// of its output, at no extra pass). `accumulate` sums the product from zero
+// and adds it to C once: a long sum split over many calls (depth blocks of a
+// vocabulary, chunks of rows) then rounds like a blocked sum, and a small
+// product added to a large C is rounded once, not at every step.
 enum class Update { overwrite, accumulate, rescale_accumulate };
 
 // RowStep and KStep, when not 0, fix a.row_step and a.k_step at compile
@@ -56,9 +59,8 @@ inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int6
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < Vectors; ++v) {
-      if constexpr (Mode == Update::overwrite) acc[r][v] = splat(0.0f);
-      else if constexpr (Mode == Update::accumulate) acc[r][v] = load(c + r * ldc + v * kWidth);
-      else acc[r][v] = load(c + r * ldc + v * kWidth) * splat(row_scale[r]);
+      if constexpr (Mode == Update::rescale_accumulate) acc[r][v] = load(c + r * ldc + v * kWidth) * splat(row_scale[r]);
+      else acc[r][v] = splat(0.0f);
     }
   const float* a_rows[Rows];
 #pragma GCC unroll 8
@@ -77,7 +79,10 @@ inline void gemm_tile(int64_t depth, StridedA a, const float* __restrict b, int6
 #pragma GCC unroll 8
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
+    for (int v = 0; v < Vectors; ++v) {
+      float* out = c + r * ldc + v * kWidth;
+      store(out, Mode == Update::accumulate ? load(out) + acc[r][v] : acc[r][v]);
+    }
 }
 
 // All rows of one strip of `Vectors` vector columns.

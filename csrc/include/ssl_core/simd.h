@@ -211,4 +211,30 @@ class ScratchBuffer {
   T* data_;
 };
 
+// Hands out 64-byte aligned float arrays from one block (a ScratchBuffer). A
+// scratch layout is written once, as a constructor taking a Carver; run on a
+// null base it only counts, which sizes the block.
+class Carver {
+ public:
+  explicit Carver(float* base) : base_(base) {}
+  float* take(int64_t count) {
+    float* p = base_ ? base_ + used_ : nullptr;
+    used_ += (count + 15) / 16 * 16;  // 64-byte steps
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  float* base_;
+  int64_t used_ = 0;
+};
+
+// Floats a scratch layout S, constructed from (Carver&, args...), takes.
+template <class S, class... Args>
+int64_t scratch_floats(const Args&... args) {
+  Carver counter(nullptr);
+  S(counter, args...);
+  return counter.used();
+}
+
 }  // namespace ssl_core::cpu::SSL_CORE_ISA
