@@ -110,7 +110,7 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, matmul_n=MATMUL_N, memory=True)
     for name, N, fraction, C, V in shapes:
         hidden, weight, bias, labels = inputs(N, fraction, C, V)
         M = int(np.count_nonzero(labels != -100))
-        shape = f"{name} N{N} M{M} C{C} V{V}"
+        shape = f"M{M} C{C} V{V}"  # M of N={N} positions labelled
         grads = tuple(np.empty_like(a) for a in (hidden, weight, bias))
         first = len(results)
 
@@ -118,7 +118,7 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, matmul_n=MATMUL_N, memory=True)
             ms = median_seconds(fn, repeats, warmup=1) * 1e3
             results.append(Result(op, shape, impl, variant, ms, 0, flops / peak * 1e3, flops=flops))
 
-        fwd, fwd_bwd = "mlm loss", "mlm loss+grads"
+        fwd, fwd_bwd = f"{name} loss", f"{name} loss+grads"
         add(fwd, "ssl_core", "", lambda: ops.masked_lm_loss(hidden, weight, bias, labels), 2 * M * C * V)
         add(fwd_bwd, "ssl_core", "grads=",
             lambda: ops.masked_lm_loss(hidden, weight, bias, labels, return_grad=True, grads=grads), 6 * M * C * V)
@@ -142,11 +142,11 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, matmul_n=MATMUL_N, memory=True)
                 naive = next(r for r in rows_here if r.variant == "autograd, all positions")
                 ours.note = f"{naive.ms / ours.ms:.2f}x vs torch on all positions"
         if memory:
-            results += peak_memory(torch, name, (N, fraction, C, V), shape, 6 * M * C * V, peak)
+            results += peak_memory(torch, fwd_bwd, (N, fraction, C, V), shape, 6 * M * C * V, peak)
     return results
 
 
-def peak_memory(torch, name, problem, shape, flops, peak):
+def peak_memory(torch, op, problem, shape, flops, peak):
     """Rows of one loss+gradients call each in a fresh process, with the growth of peak RSS."""
     N, fraction, C, V = problem
     M_V_mb = int(np.count_nonzero(inputs(*problem)[3] != -100)) * V * 4 / 1e6
@@ -161,7 +161,7 @@ def peak_memory(torch, name, problem, shape, flops, peak):
         note = f"peak RSS +{mb:.0f} MB (M×V logits: {M_V_mb:.0f} MB)"
         if impl == "torch":
             note += f", its gradients included: {(N * C + V * C + V) * 4 / 1e6:.0f} MB"
-        results.append(Result("mlm loss+grads", shape, impl, variant, seconds * 1e3, 0, flops / peak * 1e3,
+        results.append(Result(op, shape, impl, variant, seconds * 1e3, 0, flops / peak * 1e3,
                               flops=flops, peak_rss_mb=mb, note=note))
     if torch is not None:
         ours, theirs = results

@@ -49,12 +49,12 @@ def test_attention_suite_reports_flops_and_memory(tmp_path, capsys):
 def test_loss_suite_reports_flops_and_memory(capsys):
     results = bench_loss.run(None, 1e9, repeats=2, shapes=[("tiny", 64, 0.25, 24, 300)], matmul_n=64)
     rows = {(r.op, r.variant): r for r in results}
-    assert {("mlm loss", ""), ("mlm loss+grads", "grads="), ("mlm loss+grads", "grads=, new process")} <= set(rows)
-    labelled = int(results[1].shape.split()[2][1:])  # "tiny N64 M<labelled> C24 V300"
-    assert 0 < labelled < 64 and rows["mlm loss+grads", "grads="].flops == 6 * labelled * 24 * 300
-    assert rows["mlm loss+grads", "grads=, new process"].peak_rss_mb >= 0
+    assert {("tiny loss", ""), ("tiny loss+grads", "grads="), ("tiny loss+grads", "grads=, new process")} <= set(rows)
+    labelled = int(results[1].shape.split()[0][1:])  # "M<labelled> C24 V300"
+    assert 0 < labelled < 64 and rows["tiny loss+grads", "grads="].flops == 6 * labelled * 24 * 300
+    assert rows["tiny loss+grads", "grads=, new process"].peak_rss_mb >= 0
     common.print_table(results)
-    assert "mlm loss+grads" in capsys.readouterr().out
+    assert "tiny loss+grads" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():
