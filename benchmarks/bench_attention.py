@@ -25,23 +25,19 @@ cannot skip it. For the first shape torch is also timed on contiguous
 its memory is only context.
 """
 
-import subprocess
-import sys
-
 import numpy as np
 
 import ssl_core
 from ssl_core import ops
 
-from benchmarks.common import Result, compare, matmul_flops, median_seconds
+from benchmarks.common import Result, compare, matmul_flops, median_seconds, peak_memory_in_new_process
 
 SHAPES = [(8, 512, 12, 64), (8, 512, 24, 32), (8, 512, 6, 128)]  # (B, T, H, D); causal and padding at the first
 MEMORY_SHAPE = (1, 4096, 12, 64)
 MATMUL_N = 2048
 
-# One forward+backward in a fresh process: argv = impl B T H D causal threads; prints the
-# growth of peak RSS in MB (inputs and ssl_core's outputs allocated before), then the
-# seconds of a second call.
+# One forward+backward in a fresh process (common.peak_memory_in_new_process):
+# argv = impl B T H D causal threads; inputs and ssl_core's outputs allocated before.
 PEAK_MEMORY = """
 import sys, time
 import numpy as np
@@ -56,7 +52,7 @@ if impl == "ssl_core":
     out, dq, dk, dv = (np.ones_like(q) for _ in range(4))  # ones, not zeros: pages touched now
     lse = np.ones((B, H, T), np.float32)
 
-    def forward_backward():
+    def call():
         ops.attention_forward(q, k, v, causal=bool(causal), out=(out, lse))
         ops.attention_backward(dout, q, k, v, out, lse, causal=bool(causal), grads=(dq, dk, dv))
 else:
@@ -64,21 +60,12 @@ else:
     torch.set_num_threads(threads)
     leaves, tdout = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)], torch.from_numpy(dout)
 
-    def forward_backward():
+    def call():
         for t in leaves:
             t.grad = None
         bhtd = [t.transpose(1, 2) for t in leaves]
         torch.nn.functional.scaled_dot_product_attention(*bhtd, is_causal=bool(causal)).transpose(1, 2).backward(tdout)
 
-def peak_rss_kib():  # not ru_maxrss: exec keeps the forking parent's, when larger
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-
-before = peak_rss_kib()
-forward_backward()
-grown = peak_rss_kib() - before
-start = time.perf_counter()
-forward_backward()
-print(grown * 1024 / 1e6, time.perf_counter() - start)
 """
 
 
@@ -183,10 +170,7 @@ def peak_memory(torch, shape, peak):
         flops = 3.5 * 4 * B * H * T * T * D / (2 if causal else 1)
         for impl, variant in [("ssl_core", "new process"), ("torch", "autograd, new process")][:2 if torch else 1]:
             args = [impl, B, T, H, D, int(causal), ssl_core.get_num_threads()]
-            proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY, *map(str, args)], capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"peak memory of {impl} failed:\n{proc.stderr}")
-            mb, seconds = map(float, proc.stdout.split())
+            mb, seconds = peak_memory_in_new_process(PEAK_MEMORY, args)
             note = f"peak RSS +{mb:.0f} MB (T×T scores: {scores_mb:.0f} MB)"
             if impl == "torch":
                 note += f", its out and grads included: {4 * B * T * H * D * 4 / 1e6:.0f} MB"

@@ -17,23 +17,19 @@ position, then cross_entropy with ignore_index ("all positions"). Its GFLOP/s
 count only the labelled rows' work, like ours.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
 import ssl_core
 from ssl_core import ops
 
-from benchmarks.common import Result, compare, matmul_flops, median_seconds
+from benchmarks.common import Result, compare, matmul_flops, median_seconds, peak_memory_in_new_process
 
 # (name, positions, labelled fraction, C, V)
 SHAPES = [("BERT", 8 * 512, 0.15, 768, 30522), ("GPT-2", 4096, 1.0, 768, 50257)]
 MATMUL_N = 2048
 
-# One loss+gradients call in a fresh process: argv = impl N fraction C V threads;
-# prints the growth of peak RSS in MB, then the seconds of a second call.
+# One loss+gradients call in a fresh process (common.peak_memory_in_new_process):
+# argv = impl N fraction C V threads.
 PEAK_MEMORY = """
 import sys, time
 import numpy as np
@@ -56,15 +52,6 @@ else:
     from benchmarks.bench_loss import torch_loss_and_backward
     call = torch_loss_and_backward(torch, hidden, weight, bias, labels, all_positions=False)
 
-def peak_rss_kib():  # not ru_maxrss: exec keeps the forking parent's, when larger
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-
-before = peak_rss_kib()
-call()
-grown = peak_rss_kib() - before
-start = time.perf_counter()
-call()
-print(grown * 1024 / 1e6, time.perf_counter() - start)
 """
 
 
@@ -153,11 +140,7 @@ def peak_memory(torch, op, problem, shape, flops, peak):
     results = []
     for impl, variant in [("ssl_core", "grads=, new process"), ("torch", "autograd, new process")][:2 if torch else 1]:
         args = [impl, N, fraction, C, V, ssl_core.get_num_threads()]
-        proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY, *map(str, args)], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if proc.returncode:
-            raise RuntimeError(f"peak memory of {impl} failed:\n{proc.stderr}")
-        mb, seconds = map(float, proc.stdout.split())
+        mb, seconds = peak_memory_in_new_process(PEAK_MEMORY, args)
         note = f"peak RSS +{mb:.0f} MB (M×V logits: {M_V_mb:.0f} MB)"
         if impl == "torch":
             note += f", its gradients included: {(N * C + V * C + V) * 4 / 1e6:.0f} MB"

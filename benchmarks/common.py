@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -74,6 +76,34 @@ def matmul_flops(torch, n, repeats):
     mm = torch.mm if torch is not None else np.matmul
     seconds = median_seconds(lambda: mm(a, b, out=c), repeats)
     return 2 * n**3 / seconds
+
+
+# The end of every peak-memory script: the script before it sets up its inputs
+# and defines call(); this runs call() once, then prints the growth of peak
+# RSS in MB during that first call and the seconds of a second call.
+_PEAK_MEMORY_TAIL = """
+def peak_rss_kib():  # not ru_maxrss: exec keeps the forking parent's, when larger
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+before = peak_rss_kib()
+call()
+grown = peak_rss_kib() - before
+start = time.perf_counter()
+call()
+print(grown * 1024 / 1e6, time.perf_counter() - start)
+"""
+
+
+def peak_memory_in_new_process(setup, args):
+    """(MB of peak RSS growth, seconds) of `setup`'s call() in a fresh Python
+    process, run from the repository root with `args` as sys.argv[1:]."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", setup + _PEAK_MEMORY_TAIL, *map(str, args)],
+                          capture_output=True, text=True, cwd=root)
+    if proc.returncode:
+        raise RuntimeError(f"peak memory run {args} failed:\n{proc.stderr}")
+    mb, seconds = map(float, proc.stdout.split())
+    return mb, seconds
 
 
 def load_torch(threads):
