@@ -1,0 +1,48 @@
+"""Multi-head self-attention on the flash-style kernels (ops.attention_*)."""
+
+import numpy as np
+
+from ssl_core import ops
+from ssl_core.nn.layers import Linear
+
+
+class SelfAttention:
+    """One fused QKV projection, attention over (B, T, H, D) views of its
+    output (no transposes or copies), and an output projection.
+
+    forward(x, key_lengths=None, prefix_lengths=None): x (B, T, C) -> (B, T, C).
+    ``key_lengths`` (B,) marks padding keys; ``causal`` (GPT) and
+    ``prefix_lengths`` (UniLM) as in ops.attention_forward. Attention dropout
+    draws its Philox key from the layer's generator, one key per forward, and
+    the backward regenerates the same mask from it.
+    """
+
+    def __init__(self, params, name, dim, heads, causal=False, dropout_p=0.0, seed=0, out_std=0.02):
+        if dim % heads:
+            raise ValueError(f"{name}: dim {dim} is not a multiple of heads {heads}")
+        self.heads, self.causal, self.dropout_p = heads, causal, dropout_p
+        self.qkv = Linear(params, f"{name}.qkv", dim, 3 * dim)
+        self.out = Linear(params, f"{name}.out", dim, dim, std=out_std)
+        self.training = True
+        self.generator = np.random.default_rng(seed)
+        self._saved = None
+
+    def forward(self, x, key_lengths=None, prefix_lengths=None):
+        B, T, C = x.shape
+        qkv = self.qkv.forward(x).reshape(B, T, 3, self.heads, C // self.heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        dropout_p = self.dropout_p if self.training else 0.0
+        masks = dict(causal=self.causal, key_lengths=key_lengths, prefix_lengths=prefix_lengths,
+                     dropout_p=dropout_p, seed=int(self.generator.integers(2**63)) if dropout_p else 0)
+        out, lse = ops.attention_forward(q, k, v, **masks)
+        self._saved = (q, k, v, out, lse, masks)
+        return self.out.forward(out.reshape(B, T, C))
+
+    def backward(self, dy):
+        (q, k, v, out, lse, masks), self._saved = self._saved, None
+        B, T, H, D = q.shape
+        dout = self.out.backward(dy).reshape(B, T, H, D)
+        dqkv = np.empty((B, T, 3, H, D), np.float32)
+        ops.attention_backward(dout, q, k, v, out, lse, grads=(dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2]),
+                               **masks)
+        return self.qkv.backward(dqkv.reshape(B, T, 3 * H * D))
