@@ -10,9 +10,10 @@ class SelfAttention:
     """One fused QKV projection, attention over (B, T, H, D) views of its
     output (no transposes or copies), and an output projection.
 
-    forward(x, key_lengths=None, prefix_lengths=None): x (B, T, C) -> (B, T, C).
-    ``key_lengths`` (B,) marks padding keys; ``causal`` (GPT) and
-    ``prefix_lengths`` (UniLM) as in ops.attention_forward. Attention dropout
+    forward(x, key_lengths=None, prefix_lengths=None, mask=None): x (B, T, C) ->
+    (B, T, C). ``key_lengths`` (B,) marks padding keys; ``causal`` (GPT),
+    ``prefix_lengths`` (UniLM) and an explicit bool ``mask`` broadcastable to
+    (B, H, T, T) as in ops.attention_forward. Attention dropout
     draws its Philox key from the layer's generator, one key per forward, and
     the backward regenerates the same mask from it.
     """
@@ -27,12 +28,12 @@ class SelfAttention:
         self.generator = np.random.default_rng(seed)
         self._saved = None
 
-    def forward(self, x, key_lengths=None, prefix_lengths=None):
+    def forward(self, x, key_lengths=None, prefix_lengths=None, mask=None):
         B, T, C = x.shape
         qkv = self.qkv.forward(x).reshape(B, T, 3, self.heads, C // self.heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         dropout_p = self.dropout_p if self.training else 0.0
-        masks = dict(causal=self.causal, key_lengths=key_lengths, prefix_lengths=prefix_lengths,
+        masks = dict(causal=self.causal, key_lengths=key_lengths, prefix_lengths=prefix_lengths, mask=mask,
                      dropout_p=dropout_p, seed=int(self.generator.integers(2**63)) if dropout_p else 0)
         out, lse = ops.attention_forward(q, k, v, **masks)
         self._saved = (q, k, v, out, lse, masks)

@@ -30,7 +30,7 @@ class TransformerBlock:
     post-LN (BERT):  h = LN1(x + drop(attn(x)));     y = LN2(h + drop(ffn(h)))
     pre-LN (GPT-2):  h = x + drop(attn(LN1(x)));      y = h + drop(ffn(LN2(h)))
 
-    forward(x, key_lengths=None, prefix_lengths=None): x (B, T, C) -> (B, T, C).
+    forward(x, **masks): x (B, T, C) -> (B, T, C); masks as SelfAttention takes.
     """
 
     def __init__(self, params, name, dim, heads, hidden, *, pre_ln, causal=False, dropout_p=0.0,
@@ -46,8 +46,7 @@ class TransformerBlock:
     def set_training(self, training):
         self.attn.training = self.drop1.training = self.drop2.training = training
 
-    def forward(self, x, key_lengths=None, prefix_lengths=None):
-        masks = dict(key_lengths=key_lengths, prefix_lengths=prefix_lengths)
+    def forward(self, x, **masks):
         if self.pre_ln:
             h = x + self.drop1.forward(self.attn.forward(self.ln1.forward(x), **masks))
             return h + self.drop2.forward(self.ffn.forward(self.ln2.forward(h)))

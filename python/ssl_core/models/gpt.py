@@ -1,0 +1,103 @@
+"""GPT-2 (Radford et al., 2019): a pre-LN causal Transformer decoder whose
+output layer is tied to its token embeddings, on the layers of ssl_core.nn.
+The next-token loss goes through ops.masked_lm_loss with every position
+labelled but padding, so the (B·T, V) logits are never formed in training.
+"""
+
+import math
+
+import numpy as np
+
+from ssl_core import ops
+from ssl_core.models.config import GPTConfig, gelu_approximation
+from ssl_core.models.inputs import check_batch
+from ssl_core.nn import Dropout, Embedding, LayerNorm, ParameterStore, TransformerBlock
+
+
+class GPT:
+    """GPT-2 decoder with its tied language-model head.
+
+    Parameters live in ``self.params``; ``loss_and_backward`` adds gradients
+    to ``self.params.grad``. The residual projections start with std
+    0.02 / sqrt(2 * n_layer), as GPT-2 initializes them.
+    """
+
+    def __init__(self, config=None, seed=0):
+        c = self.config = config or GPTConfig()
+        P, std = ParameterStore(), c.initializer_range
+        self.params = P
+        self.wte = Embedding(P, "wte", c.vocab_size, c.n_embd, std)
+        self.wpe = Embedding(P, "wpe", c.n_positions, c.n_embd, std)
+        self.drop = Dropout(c.embd_pdrop, seed=(seed, 1))
+        self.layers = [
+            TransformerBlock(P, f"layers.{i}", c.n_embd, c.n_head, c.inner_size, pre_ln=True, causal=True,
+                             dropout_p=c.resid_pdrop, attention_dropout_p=c.attn_pdrop,
+                             approximate=gelu_approximation(c.activation_function), eps=c.layer_norm_epsilon,
+                             seed=(seed, 2, i), out_std=std / math.sqrt(2 * c.n_layer))
+            for i in range(c.n_layer)
+        ]
+        self.ln_f = LayerNorm(P, "ln_f", c.n_embd, c.layer_norm_epsilon)
+        P.allocate(seed)
+        self.train()
+
+    def train(self, training=True):
+        self.training = training
+        self.drop.training = training
+        for layer in self.layers:
+            layer.set_training(training)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def parameters(self):
+        """{name: Parameter}, in buffer order."""
+        return {p.name: p for p in self.params}
+
+    def num_parameters(self):
+        return self.params.num_parameters()
+
+    def hidden_states(self, input_ids, token_type_ids=None, attention_mask=None):
+        """The final LayerNorm's output: float32 (B, T, C) for input_ids (B, T).
+        GPT-2 has no token types: token_type_ids must be None."""
+        if token_type_ids is not None:
+            raise ValueError("GPT takes no token_type_ids")
+        ids, _, masks = check_batch(input_ids, None, attention_mask, self.config.n_positions)
+        x = self.drop.forward(self.wte.forward(ids) + self.wpe.forward(np.arange(ids.shape[1])))
+        for layer in self.layers:
+            x = layer.forward(x, **masks)
+        return self.ln_f.forward(x)
+
+    def logits(self, input_ids, token_type_ids=None, attention_mask=None):
+        """Next-token logits at every position, float32 (B, T, V)."""
+        return self.hidden_states(input_ids, token_type_ids, attention_mask) @ self.wte.weight.data.T
+
+    def loss_and_backward(self, batch):
+        """Mean next-token cross-entropy of a batch; gradients added to params.grad.
+
+        batch: ``input_ids`` (B, T), optional ``attention_mask`` (B, T) and
+        ``labels`` (B, T) (default: input_ids, -100 where attention_mask is 0).
+        Position t predicts labels[:, t + 1], as GPT2LMHeadModel shifts them.
+        Returns (loss, stats) with the loss, next-token accuracy and the count
+        of predicted tokens.
+        """
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        h = self.hidden_states(ids, attention_mask=mask)
+        labels = batch.get("labels")
+        if labels is None:
+            labels = ids if mask is None else np.where(np.asarray(mask) != 0, ids, -100)
+        if not isinstance(labels, np.ndarray) or labels.shape != ids.shape:
+            raise ValueError(f"labels must be an integer array of the shape of input_ids {ids.shape}")
+        targets = np.full(labels.shape, -100, np.int64)
+        targets[:, :-1] = labels[:, 1:]
+        dh = np.empty_like(h)
+        lm = ops.masked_lm_loss(h, self.wte.weight.data, None, targets, return_grad=True,
+                                grads=(dh, self.wte.weight.grad, None), accumulate=True)
+        dx = self.ln_f.backward(dh)
+        for layer in reversed(self.layers):
+            dx = layer.backward(dx)
+        dx = self.drop.backward(dx)
+        self.wte.backward(dx)
+        self.wpe.backward(dx.sum(axis=0))
+        return lm.loss, {"lm_loss": lm.loss, "lm_accuracy": lm.n_correct / max(lm.n_valid, 1),
+                         "n_tokens": lm.n_valid}
