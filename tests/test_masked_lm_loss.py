@@ -109,7 +109,7 @@ def loss_atol(hidden, weight, bias, labels, reduction="mean"):
     size = np.abs(hidden).max(initial=0) * np.abs(weight).max(initial=0) * hidden.shape[-1]
     size += 0 if bias is None else np.abs(bias).max(initial=0)
     rows = (labels != -100).sum()
-    return 1e-6 * size * (rows if reduction == "sum" else 1)
+    return float(1e-6 * size * (rows if reduction == "sum" else 1))
 
 
 # ------------------------------------------------- the float64 reference --
@@ -254,7 +254,7 @@ def test_large_logits_do_not_overflow(cpu_isa, rng, label_smoothing, reduction):
     assert np.isfinite(result.loss)
     assert (result.n_valid, result.n_correct) == (ref_valid, ref_correct)
     # The logits are exact; the loss adds per-row log-sums of float32 exps to them.
-    assert result.loss == pytest.approx(ref_loss, rel=LOSS_TOL, abs=1e-5 * (ref_valid if reduction == "sum" else 1))
+    assert result.loss == pytest.approx(ref_loss, rel=LOSS_TOL, abs=float(1e-5 * (ref_valid if reduction == "sum" else 1)))
     # The gradients use P = exp((z - max) - log(sum)) with both parts of the
     # log-sum-exp kept apart, so the size of the logits does not enter P's
     # error (a float32 lse of 3e4 alone would be off by 1.8e-3). The errors

@@ -196,7 +196,7 @@ def test_transformer_block_matches_float64(cpu_isa, rng, config):
             plus[name], minus[name] = params[name] + h * u, params[name] - h * u
             numeric = (loss_of(x.astype(np.float64), plus) - loss_of(x.astype(np.float64), minus)) / (2 * h)
         got = float((grad * u).sum())
-        assert got == pytest.approx(numeric, rel=2e-3, abs=2e-3 * np.abs(grad).sum() / np.sqrt(grad.size)), name
+        assert got == pytest.approx(numeric, rel=2e-3, abs=float(2e-3 * np.abs(grad).sum() / np.sqrt(grad.size))), name
 
 
 def test_attention_dropout_draws_a_key_per_forward_and_backward_reuses_it(rng):

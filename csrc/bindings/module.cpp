@@ -82,4 +82,5 @@ PYBIND11_MODULE(_C, m) {
   bindings::bind_activation(m);
   bindings::bind_attention(m);
   bindings::bind_loss(m);
+  bindings::bind_optimizer(m);
 }

@@ -64,6 +64,10 @@ CrossEntropyResult linear_cross_entropy(RowsView d_hidden, RowsView d_weight, fl
   return SSL_CORE_PICK(linear_cross_entropy)(d_hidden, d_weight, d_bias, hidden, weight, bias, labels, options);
 }
 
+void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n, const AdamWOptions& options) {
+  SSL_CORE_PICK(adamw_update)(params, m, v, grads, n, options);
+}
+
 void copy_memory(void* dst, const void* src, int64_t bytes) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t blocks = (bytes + kBlock - 1) / kBlock;

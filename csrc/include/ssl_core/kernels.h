@@ -13,6 +13,7 @@
 
 #include "ssl_core/attention.h"
 #include "ssl_core/cross_entropy.h"
+#include "ssl_core/optimizer.h"
 #include "ssl_core/views.h"
 
 namespace ssl_core::cpu {
@@ -26,6 +27,7 @@ enum class GeluApproximation { none, tanh };
 // Cross-entropy (cross_entropy.h): hidden, d_hidden (N, C); weight, d_weight
 // (V, C); bias, d_bias (V,) or null. d_hidden.data null: no gradients; else
 // every row of d_hidden is written (zeros where unlabelled).
+// AdamW (optimizer.h): params, m, v, grads (n,) each; params, m, v updated.
 #define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
   void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, \
                           const float* weight, const float* bias, float eps);    \
@@ -45,7 +47,9 @@ enum class GeluApproximation { none, tanh };
   CrossEntropyResult linear_cross_entropy(                                               \
       RowsView d_hidden, RowsView d_weight, float* d_bias, ConstRowsView hidden,         \
       ConstRowsView weight, const float* bias, const CrossEntropyLabels& labels,         \
-      const CrossEntropyOptions& options);
+      const CrossEntropyOptions& options);                                               \
+  void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n,    \
+                    const AdamWOptions& options);
 
 namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
 namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }

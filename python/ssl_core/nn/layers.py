@@ -54,7 +54,7 @@ class Embedding:
     """Rows of a (num_embeddings, dim) table by id; its backward is a scatter-add."""
 
     def __init__(self, params, name, num_embeddings, dim, std=0.02, decay=True):
-        self.weight = params.add(f"{name}.weight", (num_embeddings, dim), std=std, decay=decay)
+        self.weight = params.add(f"{name}.weight", (num_embeddings, dim), std=std, decay=decay, embedding=True)
         self._ids = None
 
     def forward(self, ids):

@@ -17,10 +17,11 @@ class Parameter:
     """A named parameter. ``data`` and ``grad`` are views into the store's
     flat buffers (None until the store is allocated)."""
 
-    __slots__ = ("name", "shape", "init", "std", "decay", "offset", "data", "grad")
+    __slots__ = ("name", "shape", "init", "std", "decay", "embedding", "offset", "data", "grad")
 
-    def __init__(self, name, shape, init, std, decay):
+    def __init__(self, name, shape, init, std, decay, embedding):
         self.name, self.shape, self.init, self.std, self.decay = name, tuple(shape), init, std, decay
+        self.embedding = embedding
         self.offset = None
         self.data = self.grad = None
 
@@ -39,10 +40,11 @@ class ParameterStore:
         self._params = {}
         self.data = self.grad = None
 
-    def add(self, name, shape, init="normal", std=0.02, decay=True):
+    def add(self, name, shape, init="normal", std=0.02, decay=True, embedding=False):
         """Declare a parameter. ``init`` is "normal" (mean 0, ``std``), "zeros"
         or "ones"; ``decay`` says whether weight decay applies to it (not to
-        biases and LayerNorm parameters)."""
+        biases and LayerNorm parameters); ``embedding`` marks lookup tables,
+        which an optimizer may exempt from decay too."""
         if self.data is not None:
             raise RuntimeError(f"cannot add {name!r}: the store is already allocated")
         if name in self._params:
@@ -51,7 +53,7 @@ class ParameterStore:
             raise ValueError(f"init must be 'normal', 'zeros' or 'ones', got {init!r}")
         if any(int(d) < 1 for d in shape):
             raise ValueError(f"parameter {name!r} must have a positive shape, got {tuple(shape)}")
-        param = Parameter(name, shape, init, std, decay)
+        param = Parameter(name, shape, init, std, decay, embedding)
         self._params[name] = param
         return param
 
