@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, common
+from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, bench_train, common
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -55,6 +55,16 @@ def test_loss_suite_reports_flops_and_memory(capsys):
     assert rows["tiny loss+grads", "grads=, new process"].peak_rss_mb >= 0
     common.print_table(results)
     assert "tiny loss+grads" in capsys.readouterr().out
+
+
+def test_train_suite_reports_tokens_and_memory(capsys):
+    results = bench_train.run(None, 1e9, repeats=2, shape=(2, 16), matmul_n=64,
+                              config_overrides=dict(vocab_size=500))
+    steps = [r for r in results if r.op in ("BERT pretrain step", "GPT LM step")]
+    assert len(steps) == 2 and all(r.impl == "ssl_core" and r.flops > 0 and r.peak_rss_mb > 0 for r in steps)
+    assert all("tokens/s" in r.note for r in steps)
+    common.print_table(results)
+    assert "BERT pretrain step" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():
