@@ -66,7 +66,11 @@ def clip_grad_norm(params, max_norm):
     """The global L2 norm of params.grad, and the factor (<= 1) that brings it
     to max_norm: pass it to AdamW.step(grad_scale=...) instead of rescaling
     the gradients in a pass of their own. Non-finite norms give factor 0."""
-    norm = float(np.sqrt(np.dot(params.grad.astype(np.float64, copy=False), params.grad)))
+    grad = params.grad
+    # Squares summed by BLAS in float32 blocks, the blocks in float64: no
+    # float64 copy of the buffer, and no error growing with its size.
+    block = 1 << 16
+    norm = math.sqrt(sum(float(np.dot(grad[i:i + block], grad[i:i + block])) for i in range(0, grad.size, block)))
     if not math.isfinite(norm):
         return norm, 0.0
     return norm, min(1.0, max_norm / (norm + 1e-6))
