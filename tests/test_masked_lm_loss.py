@@ -254,7 +254,8 @@ def test_large_logits_do_not_overflow(cpu_isa, rng, label_smoothing, reduction):
     assert np.isfinite(result.loss)
     assert (result.n_valid, result.n_correct) == (ref_valid, ref_correct)
     # The logits are exact; the loss adds per-row log-sums of float32 exps to them.
-    assert result.loss == pytest.approx(ref_loss, rel=LOSS_TOL, abs=float(1e-5 * (ref_valid if reduction == "sum" else 1)))
+    atol = float(1e-5 * (ref_valid if reduction == "sum" else 1))
+    assert result.loss == pytest.approx(ref_loss, rel=LOSS_TOL, abs=atol)
     # The gradients use P = exp((z - max) - log(sum)) with both parts of the
     # log-sum-exp kept apart, so the size of the logits does not enter P's
     # error (a float32 lse of 3e4 alone would be off by 1.8e-3). The errors
@@ -749,3 +750,17 @@ def test_raw_binding_checks_rows_and_targets(small):
         raw(hidden, weight, bias, np.array([1]), np.array([1]), label_smoothing=2.0)
     with pytest.raises(ValueError, match="gradient outputs and accumulate need return_grad=True"):
         raw(hidden, weight, bias, np.array([1]), np.array([1]), d_weight=np.zeros_like(weight))
+
+
+def test_normalizer_divides_the_sum_instead_of_the_count(rng):
+    hidden, weight, bias, labels, _ = make_inputs(rng, (30,), 50, 8, labelled=0.5)
+    summed = ops.masked_lm_loss(hidden, weight, bias, labels, reduction="sum", return_grad=True)
+    scaled = ops.masked_lm_loss(hidden, weight, bias, labels, normalizer=123, return_grad=True)
+    assert scaled.loss == pytest.approx(summed.loss / 123, rel=1e-6)
+    for got, want in zip(scaled[3:], summed[3:]):
+        np.testing.assert_allclose(got, want / 123, rtol=1e-5, atol=1e-9)
+    for bad in (0, -2.0):
+        with pytest.raises(ValueError, match="normalizer must be a positive count"):
+            ops.masked_lm_loss(hidden, weight, bias, labels, normalizer=bad)
+    with pytest.raises(ValueError, match="normalizer"):
+        ops.masked_lm_loss(hidden, weight, bias, labels, normalizer=5, reduction="sum")

@@ -229,3 +229,32 @@ def test_initialization_follows_the_originals():
     assert bert.config.hidden_size == 256 and bert.config.num_hidden_layers == 4
     assert abs(bert.params["embeddings.word.weight"].data.std() - 0.02) < 5e-4
     assert not bert.params["mlm.bias"].decay and bert.params["layers.0.ffn.up.weight"].decay
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt"])
+def test_accumulated_micro_batches_weigh_every_token_alike(kind, rng):
+    """Two micro-batches with the step's counts as divisors give the gradient
+    of the whole batch, although they hold different numbers of labels."""
+    def model():
+        if kind == "bert":
+            return Bert(BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=P, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0), seed=5)
+        return GPT(GPTConfig(vocab_size=V, n_embd=32, n_layer=1, n_head=2, n_positions=P, resid_pdrop=0.0,
+                             embd_pdrop=0.0, attn_pdrop=0.0), seed=5)
+
+    ids, mask, types = padded_batch(rng, B=4, T=12)
+    batch = dict(input_ids=ids, attention_mask=mask)
+    if kind == "bert":
+        labels = np.where(rng.random(ids.shape) < np.array([[0.1], [0.6], [0.3], [0.9]]), ids, -100)
+        batch.update(token_type_ids=types, labels=labels, next_sentence_label=np.array([0, 1, 1, 0]))
+        counts = dict(token_count=int((labels != -100).sum()), sequence_count=4)
+    else:
+        counts = dict(token_count=int((mask[:, 1:] == 1).sum()))
+    whole = model()
+    loss, _ = whole.loss_and_backward(batch)
+    parts = model()
+    losses = [parts.loss_and_backward({k: v[rows] for k, v in batch.items()}, **counts)[0]
+              for rows in (slice(0, 1), slice(1, 4))]
+    assert sum(losses) == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(parts.params.grad, whole.params.grad, rtol=0, atol=1e-6 * np.abs(whole.params.grad).max())

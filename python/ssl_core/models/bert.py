@@ -96,7 +96,7 @@ class Bert:
         return self.nsp.forward(self.pooled_output(self.hidden_states(input_ids, token_type_ids, attention_mask)))
 
     # ----------------------------------------------------------- training --
-    def loss_and_backward(self, batch):
+    def loss_and_backward(self, batch, token_count=None, sequence_count=None):
         """Pretraining loss of a batch, its gradients added to params.grad.
 
         batch: dict with ``input_ids`` (B, T) and optionally ``token_type_ids``,
@@ -106,6 +106,12 @@ class Bert:
         Returns (loss, stats): loss = mean masked-LM cross-entropy + mean
         next-sentence cross-entropy (each where given); stats holds each part,
         its accuracy and the number of labelled positions.
+
+        For gradient accumulation, ``token_count`` and ``sequence_count`` (the
+        labelled positions and the sequences of all micro-batches of one
+        optimizer step) replace this batch's own counts as the divisors, so
+        each token and sentence pair weighs the same whatever micro-batch it
+        is in; the losses returned are then this batch's shares.
         """
         h = self.hidden_states(batch["input_ids"], batch.get("token_type_ids"), batch.get("attention_mask"))
         B, T, C = h.shape
@@ -118,8 +124,8 @@ class Bert:
             rows = np.flatnonzero(labels.reshape(-1) != -100)
             t = self.mlm_ln.forward(self.mlm_act.forward(self.mlm_transform.forward(h.reshape(-1, C)[rows])))
             mlm = ops.masked_lm_loss(t, self.word.weight.data, self.mlm_bias.data, labels.reshape(-1)[rows],
-                                     return_grad=True, grads=(None, self.word.weight.grad, self.mlm_bias.grad),
-                                     accumulate=True)
+                                     normalizer=token_count, return_grad=True, accumulate=True,
+                                     grads=(None, self.word.weight.grad, self.mlm_bias.grad))
             dt = self.mlm_transform.backward(self.mlm_act.backward(self.mlm_ln.backward(mlm.d_hidden)))
             dh.reshape(-1, C)[rows] = dt
             loss += mlm.loss
@@ -128,8 +134,8 @@ class Bert:
         if next_sentence is not None:
             pooled = self.pooled_output(h)
             nsp = ops.masked_lm_loss(pooled, self.nsp.weight.data, self.nsp.bias.data, np.asarray(next_sentence),
-                                     return_grad=True, grads=(None, self.nsp.weight.grad, self.nsp.bias.grad),
-                                     accumulate=True)
+                                     normalizer=sequence_count, return_grad=True, accumulate=True,
+                                     grads=(None, self.nsp.weight.grad, self.nsp.bias.grad))
             dh[:, 0] += self.pooler.backward(nsp.d_hidden * (1 - pooled * pooled))
             loss += nsp.loss
             stats.update(nsp_loss=nsp.loss, nsp_accuracy=nsp.n_correct / max(nsp.n_valid, 1))

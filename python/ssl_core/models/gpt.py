@@ -72,14 +72,16 @@ class GPT:
         """Next-token logits at every position, float32 (B, T, V)."""
         return self.hidden_states(input_ids, token_type_ids, attention_mask) @ self.wte.weight.data.T
 
-    def loss_and_backward(self, batch):
+    def loss_and_backward(self, batch, token_count=None):
         """Mean next-token cross-entropy of a batch; gradients added to params.grad.
 
         batch: ``input_ids`` (B, T), optional ``attention_mask`` (B, T) and
         ``labels`` (B, T) (default: input_ids, -100 where attention_mask is 0).
         Position t predicts labels[:, t + 1], as GPT2LMHeadModel shifts them.
         Returns (loss, stats) with the loss, next-token accuracy and the count
-        of predicted tokens.
+        of predicted tokens. ``token_count``: the predicted tokens of all
+        micro-batches of one optimizer step, as the divisor instead of this
+        batch's count (gradient accumulation weighted by tokens).
         """
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         h = self.hidden_states(ids, attention_mask=mask)
@@ -91,8 +93,8 @@ class GPT:
         targets = np.full(labels.shape, -100, np.int64)
         targets[:, :-1] = labels[:, 1:]
         dh = np.empty_like(h)
-        lm = ops.masked_lm_loss(h, self.wte.weight.data, None, targets, return_grad=True,
-                                grads=(dh, self.wte.weight.grad, None), accumulate=True)
+        lm = ops.masked_lm_loss(h, self.wte.weight.data, None, targets, normalizer=token_count, return_grad=True,
+                                accumulate=True, grads=(dh, self.wte.weight.grad, None))
         dx = self.ln_f.backward(dh)
         for layer in reversed(self.layers):
             dx = layer.backward(dx)

@@ -28,6 +28,7 @@ def masked_lm_loss(
     ignore_index=-100,
     label_smoothing=0.0,
     reduction="mean",
+    normalizer=None,
     return_grad=False,
     grads=None,
     accumulate=False,
@@ -51,8 +52,11 @@ def masked_lm_loss(
             classes in [0, V), or ``ignore_index`` where there is no label.
         ignore_index: the label value that marks unlabelled positions.
         label_smoothing: in [0, 1].
-        reduction: ``"mean"`` over the labelled positions, or ``"sum"`` (for
-            averaging over several micro-batches yourself).
+        reduction: ``"mean"`` over the labelled positions, or ``"sum"``.
+        normalizer: with ``"mean"``, divide the summed loss by this count
+            instead of this call's labelled positions: for gradient
+            accumulation, the labelled positions of all the micro-batches of
+            one optimizer step, so that every token weighs the same.
         return_grad: also return the gradients of the reduced loss with
             respect to hidden, weight and bias, computed in the same call.
         grads: optional ``(d_hidden, d_weight, d_bias)`` arrays (each may be
@@ -80,6 +84,8 @@ def masked_lm_loss(
         )
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if normalizer is not None and (reduction != "mean" or not normalizer > 0):
+        raise ValueError(f"normalizer must be a positive count, with reduction='mean'; got {normalizer!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if grads is not None and not return_grad:
@@ -89,12 +95,15 @@ def masked_lm_loss(
 
     rows, targets = _labelled_positions(labels, ignore_index, weight.shape[0] if weight.ndim == 2 else None)
     count = len(rows)
-    scale = 1.0 / count if reduction == "mean" and count else 1.0
+    if reduction == "sum":
+        scale = 1.0
+    else:
+        scale = 1.0 / normalizer if normalizer is not None else 1.0 / count if count else 1.0
     result = _C.linear_cross_entropy(
         hidden, weight, bias, rows, targets, float(label_smoothing), scale, bool(return_grad),
         d_hidden, d_weight, d_bias, bool(accumulate),
     )
-    loss = result[0] * scale if count else 0.0
+    loss = result[0] * scale if count else 0.0  # no labelled position: 0, not 0/0
     return MaskedLMLoss(float(loss), count, int(result[1]), *result[2:])
 
 
