@@ -103,3 +103,25 @@ def test_bad_input():
     with pytest.raises(ValueError, match="dx partly overlaps input x"):
         buffer = np.zeros(40, np.float32)
         ops.gelu_backward(x.ravel(), buffer[:32], out=buffer[8:])
+
+
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+def test_fused_bias(cpu_isa, rng, approximate):
+    """gelu(x, bias=b) is GELU(x + b), rows strided or not; its backward is
+    dy * GELU'(x + b)."""
+    wide = rng.standard_normal((37, 70)).astype(np.float32) * 3
+    for x in (wide[:, :53], np.ascontiguousarray(wide[:, :53])):
+        b = rng.standard_normal(53).astype(np.float32)
+        u = x.astype(np.float64) + b
+        np.testing.assert_allclose(ops.gelu(x, approximate, bias=b), reference.gelu(u, approximate),
+                                   rtol=0, atol=2e-6)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        np.testing.assert_allclose(ops.gelu_backward(dy, x, approximate, bias=b),
+                                   dy * reference.gelu_derivative(u, approximate), rtol=0, atol=2e-6)
+    y = np.ascontiguousarray(x)
+    ops.gelu(y, approximate, bias=b, out=y)  # in place
+    np.testing.assert_allclose(y, reference.gelu(u, approximate), rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.gelu(x, approximate, bias=b[:5])
+    with pytest.raises(TypeError, match="bias"):
+        ops.gelu_backward(dy, x, approximate, bias=b.astype(np.float64))

@@ -1,5 +1,7 @@
 // Python entry points of the GELU kernels.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "arrays.h"
 #include "bindings.h"
@@ -18,29 +20,44 @@ cpu::GeluApproximation parse_approximate(py::handle obj) {
   throw py::value_error("approximate must be 'none' or 'tanh', got '" + approximate + "'");
 }
 
-py::array gelu_forward(py::handle x_obj, py::handle approximate, py::handle y_obj) {
+// bias: None, or float32 (C,) added to x first.
+const float* bias_arg(py::handle obj, const RowsArg& x, py::array& keep) {
+  if (obj.is_none()) return nullptr;
+  keep = float32_array(obj, "bias", {static_cast<py::ssize_t>(x.view.cols)});
+  return static_cast<const float*>(keep.data());
+}
+
+py::array gelu_forward(py::handle x_obj, py::handle approximate, py::handle bias_obj, py::handle y_obj) {
   const auto kind = parse_approximate(approximate);
   RowsArg x = rows_arg(x_obj, "x");
+  py::array bias;
+  const float* b = bias_arg(bias_obj, x, bias);
   RowsArg y = output_rows(y_obj, "y", shape_of(x.array));
-  require_no_overlap({{"y", y.array}}, {{"x", x.array}});
+  std::vector<std::pair<const char*, py::array>> inputs{{"x", x.array}};
+  if (b) inputs.emplace_back("bias", bias);
+  require_no_overlap({{"y", y.array}}, inputs);
   {
     py::gil_scoped_release release;
-    cpu::gelu_forward(y.view, as_const(x.view), kind);
+    cpu::gelu_forward(y.view, as_const(x.view), b, kind);
   }
   return y.array;
 }
 
-py::array gelu_backward(py::handle dy_obj, py::handle x_obj, py::handle approximate,
+py::array gelu_backward(py::handle dy_obj, py::handle x_obj, py::handle approximate, py::handle bias_obj,
                         py::handle dx_obj) {
   const auto kind = parse_approximate(approximate);
   RowsArg dy = rows_arg(dy_obj, "dy");
   RowsArg x = rows_arg(x_obj, "x");
   require_same_shape(dy, x);
+  py::array bias;
+  const float* b = bias_arg(bias_obj, x, bias);
   RowsArg dx = output_rows(dx_obj, "dx", shape_of(x.array));
-  require_no_overlap({{"dx", dx.array}}, {{"dy", dy.array}, {"x", x.array}});
+  std::vector<std::pair<const char*, py::array>> inputs{{"dy", dy.array}, {"x", x.array}};
+  if (b) inputs.emplace_back("bias", bias);
+  require_no_overlap({{"dx", dx.array}}, inputs);
   {
     py::gil_scoped_release release;
-    cpu::gelu_backward(dx.view, as_const(dy.view), as_const(x.view), kind);
+    cpu::gelu_backward(dx.view, as_const(dy.view), as_const(x.view), b, kind);
   }
   return dx.array;
 }
@@ -48,10 +65,10 @@ py::array gelu_backward(py::handle dy_obj, py::handle x_obj, py::handle approxim
 }  // namespace
 
 void bind_activation(py::module_& m) {
-  m.def("gelu_forward", &gelu_forward, py::arg("x"), py::arg("approximate"), py::arg("y"),
-        "y = GELU(x). See ssl_core.ops.gelu.");
-  m.def("gelu_backward", &gelu_backward, py::arg("dy"), py::arg("x"), py::arg("approximate"),
-        py::arg("dx"), "dx = dy * GELU'(x). See ssl_core.ops.gelu_backward.");
+  m.def("gelu_forward", &gelu_forward, py::arg("x"), py::arg("approximate"), py::arg("bias"), py::arg("y"),
+        "y = GELU(x + bias). See ssl_core.ops.gelu.");
+  m.def("gelu_backward", &gelu_backward, py::arg("dy"), py::arg("x"), py::arg("approximate"), py::arg("bias"),
+        py::arg("dx"), "dx = dy * GELU'(x + bias). See ssl_core.ops.gelu_backward.");
 }
 
 }  // namespace ssl_core::bindings

@@ -39,12 +39,13 @@ void layer_norm_backward(RowsView dx, float* dweight, float* dbias, ConstRowsVie
   SSL_CORE_PICK(layer_norm_backward)(dx, dweight, dbias, dy, x, weight, mean, rstd, accumulate);
 }
 
-void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate) {
-  SSL_CORE_PICK(gelu_forward)(y, x, approximate);
+void gelu_forward(RowsView y, ConstRowsView x, const float* bias, GeluApproximation approximate) {
+  SSL_CORE_PICK(gelu_forward)(y, x, bias, approximate);
 }
 
-void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, GeluApproximation approximate) {
-  SSL_CORE_PICK(gelu_backward)(dx, dy, x, approximate);
+void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, const float* bias,
+                   GeluApproximation approximate) {
+  SSL_CORE_PICK(gelu_backward)(dx, dy, x, bias, approximate);
 }
 
 void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,

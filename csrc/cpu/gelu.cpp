@@ -6,7 +6,9 @@
 //   backward:           dx = dy * dy/dx
 //
 // Shapes: x, y, dy, dx are (N, C) rows views of the same shape; y may be x
-// and dx may be dy (in place).
+// and dx may be dy (in place). With a bias (C,), the input is x + bias: the
+// bias add of the linear layer before, fused into this pass (it would be a
+// pass over memory of its own).
 //
 // Memory traffic: forward reads and writes 4 bytes an element, backward reads
 // 8 and writes 4. The arithmetic (one exp, one reciprocal and a degree-8
@@ -48,44 +50,51 @@ void for_each_segment(int64_t rows, int64_t cols, bool contiguous, Body body) {
   }
 }
 
+// y = f(x (+ bias)). With a bias, segments stay inside rows (the bias is
+// indexed by column).
 template <class F>
-void map_unary(RowsView y, ConstRowsView x, F f) {
+void map_unary(RowsView y, ConstRowsView x, const float* bias, F f) {
   const bool streaming = prefer_streaming_stores(y.size() * 4);
-  for_each_segment(x.rows, x.cols, x.contiguous() && y.contiguous(),
+  for_each_segment(x.rows, x.cols, !bias && x.contiguous() && y.contiguous(),
                    [&](int64_t row, int64_t begin, int64_t end) {
                      const float* xr = x.data + row * x.row_stride + begin;
-                     write_vectors(y.data + row * y.row_stride + begin, end - begin, streaming,
-                                   [&](int64_t j, int n) { return f(load(xr + j, n)); });
+                     const float* br = bias + begin;
+                     write_vectors(y.data + row * y.row_stride + begin, end - begin, streaming, [&](int64_t j, int n) {
+                       return f(bias ? load(xr + j, n) + load(br + j, n) : load(xr + j, n));
+                     });
                    });
 }
 
-// dx = dy * derivative(x)
+// dx = dy * derivative(x (+ bias))
 template <class F>
-void map_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, F derivative) {
+void map_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, const float* bias, F derivative) {
   const bool streaming = prefer_streaming_stores(dx.size() * 4);
-  const bool contiguous = x.contiguous() && dy.contiguous() && dx.contiguous();
+  const bool contiguous = !bias && x.contiguous() && dy.contiguous() && dx.contiguous();
   for_each_segment(x.rows, x.cols, contiguous, [&](int64_t row, int64_t begin, int64_t end) {
     const float* xr = x.data + row * x.row_stride + begin;
     const float* dyr = dy.data + row * dy.row_stride + begin;
-    write_vectors(dx.data + row * dx.row_stride + begin, end - begin, streaming,
-                  [&](int64_t j, int n) { return load(dyr + j, n) * derivative(load(xr + j, n)); });
+    const float* br = bias + begin;
+    write_vectors(dx.data + row * dx.row_stride + begin, end - begin, streaming, [&](int64_t j, int n) {
+      return load(dyr + j, n) * derivative(bias ? load(xr + j, n) + load(br + j, n) : load(xr + j, n));
+    });
   });
 }
 
 }  // namespace
 
-void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate) {
+void gelu_forward(RowsView y, ConstRowsView x, const float* bias, GeluApproximation approximate) {
   if (approximate == GeluApproximation::tanh)
-    map_unary(y, x, [](Vec v) { return gelu_tanh(v); });
+    map_unary(y, x, bias, [](Vec v) { return gelu_tanh(v); });
   else
-    map_unary(y, x, [](Vec v) { return gelu_erf(v); });
+    map_unary(y, x, bias, [](Vec v) { return gelu_erf(v); });
 }
 
-void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, GeluApproximation approximate) {
+void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, const float* bias,
+                   GeluApproximation approximate) {
   if (approximate == GeluApproximation::tanh)
-    map_backward(dx, dy, x, [](Vec v) { return gelu_tanh_derivative(v); });
+    map_backward(dx, dy, x, bias, [](Vec v) { return gelu_tanh_derivative(v); });
   else
-    map_backward(dx, dy, x, [](Vec v) { return gelu_erf_derivative(v); });
+    map_backward(dx, dy, x, bias, [](Vec v) { return gelu_erf_derivative(v); });
 }
 
 }  // namespace ssl_core::cpu::SSL_CORE_ISA

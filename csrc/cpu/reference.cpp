@@ -82,18 +82,19 @@ double gelu_limit(double x, double value, double at_plus_inf, double at_minus_in
 
 }  // namespace
 
-void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate) {
+void gelu_forward(RowsView y, ConstRowsView x, const float* bias, GeluApproximation approximate) {
   for (int64_t i = 0; i < x.rows; ++i)
     for (int64_t j = 0; j < x.cols; ++j) {
-      const double v = x.row(i)[j];
+      const double v = static_cast<double>(x.row(i)[j]) + (bias ? bias[j] : 0.0);
       y.row(i)[j] = static_cast<float>(gelu_limit(v, gelu_value(v, approximate), v, -0.0));
     }
 }
 
-void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, GeluApproximation approximate) {
+void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, const float* bias,
+                   GeluApproximation approximate) {
   for (int64_t i = 0; i < x.rows; ++i)
     for (int64_t j = 0; j < x.cols; ++j) {
-      const double v = x.row(i)[j];
+      const double v = static_cast<double>(x.row(i)[j]) + (bias ? bias[j] : 0.0);
       const double d = gelu_limit(v, gelu_derivative(v, approximate), 1.0, 0.0);
       dx.row(i)[j] = static_cast<float>(dy.row(i)[j] * d);
     }

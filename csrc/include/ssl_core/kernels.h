@@ -23,7 +23,8 @@ enum class GeluApproximation { none, tanh };
 // Attention shapes (attention.h): q, out, dq, dout (B, Tq, H, D); k, v, dk, dv
 // (B, Tk, H, D); lse (B, H, Tq) contiguous.
 // Shapes: x, y (N, C); weight, bias (C,); mean, rstd (N,).
-// y may be the same memory as x (in place).
+// y may be the same memory as x (in place). GELU: bias (C,) or null is added
+// to x first (the fused bias + GELU of a feed-forward layer).
 // Cross-entropy (cross_entropy.h): hidden, d_hidden (N, C); weight, d_weight
 // (V, C); bias, d_bias (V,) or null. d_hidden.data null: no gradients; else
 // every row of d_hidden is written (zeros where unlabelled).
@@ -35,9 +36,10 @@ enum class GeluApproximation { none, tanh };
                            ConstRowsView dy, ConstRowsView x,                    \
                            const float* weight, const float* mean,               \
                            const float* rstd, bool accumulate);                  \
-  void gelu_forward(RowsView y, ConstRowsView x, GeluApproximation approximate); \
+  void gelu_forward(RowsView y, ConstRowsView x, const float* bias,               \
+                    GeluApproximation approximate);                              \
   void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x,             \
-                     GeluApproximation approximate);                             \
+                     const float* bias, GeluApproximation approximate);          \
   void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, \
                          ConstHeadsView v, const AttentionOptions& options);             \
   void attention_backward(HeadsView dq, HeadsView dk, HeadsView dv, ConstHeadsView dout, \

@@ -1,27 +1,40 @@
 """The feed-forward sublayer and the Transformer block, in BERT's post-LN
 order and GPT-2's pre-LN order.
 
-Not fused yet: bias + GELU and residual + LayerNorm are separate passes over
-memory (NumPy's add, then the kernel); a fused kernel for each is future work.
+Fused: the first feed-forward bias into its GELU (one pass over the widest
+activation instead of two: at 4096 x 1024, NumPy's broadcast bias add alone
+took 7 ms, as long as the GELU kernel). Not fused: residual + LayerNorm, whose
+add measured 0.3 ms at 4096 x 256 (C is 4x narrower than the FFN).
 """
 
+from ssl_core import ops
 from ssl_core.nn.attention import SelfAttention
-from ssl_core.nn.layers import GELU, Dropout, LayerNorm, Linear
+from ssl_core.nn.layers import Dropout, LayerNorm, Linear
 
 
 class FeedForward:
-    """Linear(C, 4C) -> GELU -> Linear(4C, C). x (..., C) -> (..., C)."""
+    """Linear(C, 4C) -> GELU -> Linear(4C, C). x (..., C) -> (..., C).
+
+    The first layer's bias is applied by the GELU kernel (ops.gelu's
+    ``bias``); the parameter keeps its name, ``{name}.up.bias``."""
 
     def __init__(self, params, name, dim, hidden, approximate="none", out_std=0.02):
-        self.up = Linear(params, f"{name}.up", dim, hidden)
-        self.act = GELU(approximate)
+        self.up = Linear(params, f"{name}.up", dim, hidden, bias=False)
+        self.up_bias = params.add(f"{name}.up.bias", (hidden,), init="zeros", decay=False)
+        self.approximate = approximate
         self.down = Linear(params, f"{name}.down", hidden, dim, std=out_std)
+        self._pre = None
 
     def forward(self, x):
-        return self.down.forward(self.act.forward(self.up.forward(x)))
+        self._pre = self.up.forward(x)  # x W^T, without the bias
+        return self.down.forward(ops.gelu(self._pre, self.approximate, bias=self.up_bias.data))
 
     def backward(self, dy):
-        return self.up.backward(self.act.backward(self.down.backward(dy)))
+        pre, self._pre = self._pre, None
+        dh = self.down.backward(dy)
+        dpre = ops.gelu_backward(dh, pre, self.approximate, bias=self.up_bias.data, out=dh)
+        self.up_bias.grad += dpre.reshape(-1, dpre.shape[-1]).sum(axis=0)
+        return self.up.backward(dpre)
 
 
 class TransformerBlock:
