@@ -259,3 +259,17 @@ def test_accumulated_micro_batches_weigh_every_token_alike(kind, rng):
     assert sum(losses) == pytest.approx(loss, rel=1e-6)
     scale = np.abs(whole.params.grad).max()
     np.testing.assert_allclose(parts.params.grad, whole.params.grad, rtol=0, atol=1e-6 * scale)
+
+
+def test_pytorch_bin_checkpoint_loads_through_torch(tmp_path, rng):
+    hf = hf_gpt()
+    (tmp_path / "bin").mkdir()
+    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # the pre-safetensors format
+    (tmp_path / "bin" / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    ours = from_pretrained(tmp_path / "bin")
+    assert ours.load_report["missing"] == []
+    np.testing.assert_array_equal(ours.params["layers.1.attn.qkv.weight"].data,
+                                  hf.transformer.h[1].attn.c_attn.weight.detach().numpy().T)
+    (tmp_path / "bin" / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+        from_pretrained(tmp_path / "bin")

@@ -13,11 +13,14 @@ Runtime settings of the native kernels:
 
 Unless ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` is already set, importing
 ssl_core sets ``GOMP_SPINCOUNT=10000``: after a kernel, its OpenMP threads
-spin for some microseconds, not GNU OpenMP's default of up to a few hundred
-milliseconds, so they leave the cores to the BLAS (NumPy's matmul) that the
-layers call between kernels. Measured here: a 4096x256x768 matmul right after
-a kernel ran at 82 GFLOP/s with the default and 137 with this setting, and a
-0.3 ms kernel took 0.07 ms longer.
+spin only briefly before sleeping (GNU OpenMP's default is 300,000 spins, or
+more), so they leave the cores to the BLAS (NumPy's matmul) that the layers
+call between kernels. Measured on a 2-core machine: a 4096x256x768 matmul
+right after a kernel ran at 58-82 GFLOP/s with the default and 109-142 with
+10,000-100,000 spins, while a LayerNorm backward (two parallel regions) took
+4.8 ms with the default, 4.6-5.0 ms with 30,000-100,000 and 5.9-6.4 ms with
+10,000. A whole BERT training step (benchmarks/bench_train.py) took 1.15-1.25 s
+with 10,000 and 1.30-1.38 s with 50,000, so 10,000 it is.
 """
 
 import os
