@@ -11,12 +11,13 @@ the whole batch.
 import numpy as np
 
 from ssl_core import ops
+from ssl_core.models.base import Model
 from ssl_core.models.config import BertConfig, gelu_approximation
 from ssl_core.models.inputs import check_batch
 from ssl_core.nn import GELU, Dropout, Embedding, LayerNorm, Linear, ParameterStore, TransformerBlock
 
 
-class Bert:
+class Bert(Model):
     """BERT encoder + pooler + masked-LM and next-sentence heads.
 
     Parameters live in ``self.params`` (one flat buffer, see ParameterStore);
@@ -48,24 +49,6 @@ class Bert:
         self.nsp = Linear(P, "nsp", H, 2, std=std)
         P.allocate(seed)
         self.train()
-
-    # -------------------------------------------------------------- modes --
-    def train(self, training=True):
-        self.training = training
-        self.embed_drop.training = training
-        for layer in self.layers:
-            layer.set_training(training)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def parameters(self):
-        """{name: Parameter}, in buffer order."""
-        return {p.name: p for p in self.params}
-
-    def num_parameters(self):
-        return self.params.num_parameters()
 
     # ------------------------------------------------------------ forward --
     def hidden_states(self, input_ids, token_type_ids=None, attention_mask=None):

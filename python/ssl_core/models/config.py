@@ -3,8 +3,25 @@
 import dataclasses
 
 
+class _HuggingFaceConfig:
+    """config.json conversion shared by the configs: our fields are named as
+    Hugging Face names them, so only model_type and architectures are added."""
+
+    MODEL_TYPE = ARCHITECTURE = None
+
+    def to_hf(self):
+        return {"model_type": self.MODEL_TYPE, "architectures": [self.ARCHITECTURE], **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_hf(cls, config):
+        """Our fields from a config.json dict; its other keys are ignored."""
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
+
+
 @dataclasses.dataclass
-class BertConfig:
+class BertConfig(_HuggingFaceConfig):
+    MODEL_TYPE, ARCHITECTURE = "bert", "BertForPreTraining"
+
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -26,16 +43,12 @@ class BertConfig:
         return cls(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=max(hidden // 64, 2),
                    intermediate_size=4 * hidden, **overrides)
 
-    def to_hf(self):
-        return {"model_type": "bert", "architectures": ["BertForPreTraining"], **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_hf(cls, config):
-        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
 
 @dataclasses.dataclass
-class GPTConfig:
+class GPTConfig(_HuggingFaceConfig):
+    MODEL_TYPE, ARCHITECTURE = "gpt2", "GPT2LMHeadModel"
+
     vocab_size: int = 50257
     n_embd: int = 768
     n_layer: int = 12
@@ -58,13 +71,6 @@ class GPTConfig:
     @property
     def inner_size(self):
         return self.n_inner or 4 * self.n_embd
-
-    def to_hf(self):
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_hf(cls, config):
-        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
 
 def gelu_approximation(activation):

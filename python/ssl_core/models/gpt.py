@@ -9,12 +9,13 @@ import math
 import numpy as np
 
 from ssl_core import ops
+from ssl_core.models.base import Model
 from ssl_core.models.config import GPTConfig, gelu_approximation
 from ssl_core.models.inputs import check_batch
 from ssl_core.nn import Dropout, Embedding, LayerNorm, ParameterStore, TransformerBlock
 
 
-class GPT:
+class GPT(Model):
     """GPT-2 decoder with its tied language-model head.
 
     Parameters live in ``self.params``; ``loss_and_backward`` adds gradients
@@ -28,7 +29,7 @@ class GPT:
         self.params = P
         self.wte = Embedding(P, "wte", c.vocab_size, c.n_embd, std)
         self.wpe = Embedding(P, "wpe", c.n_positions, c.n_embd, std)
-        self.drop = Dropout(c.embd_pdrop, seed=(seed, 1))
+        self.embed_drop = Dropout(c.embd_pdrop, seed=(seed, 1))
         self.layers = [
             TransformerBlock(P, f"layers.{i}", c.n_embd, c.n_head, c.inner_size, pre_ln=True, causal=True,
                              dropout_p=c.resid_pdrop, attention_dropout_p=c.attn_pdrop,
@@ -40,30 +41,13 @@ class GPT:
         P.allocate(seed)
         self.train()
 
-    def train(self, training=True):
-        self.training = training
-        self.drop.training = training
-        for layer in self.layers:
-            layer.set_training(training)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def parameters(self):
-        """{name: Parameter}, in buffer order."""
-        return {p.name: p for p in self.params}
-
-    def num_parameters(self):
-        return self.params.num_parameters()
-
     def hidden_states(self, input_ids, token_type_ids=None, attention_mask=None):
         """The final LayerNorm's output: float32 (B, T, C) for input_ids (B, T).
         GPT-2 has no token types: token_type_ids must be None."""
         if token_type_ids is not None:
             raise ValueError("GPT takes no token_type_ids")
         ids, _, masks = check_batch(input_ids, None, attention_mask, self.config.n_positions)
-        x = self.drop.forward(self.wte.forward(ids) + self.wpe.forward(np.arange(ids.shape[1])))
+        x = self.embed_drop.forward(self.wte.forward(ids) + self.wpe.forward(np.arange(ids.shape[1])))
         for layer in self.layers:
             x = layer.forward(x, **masks)
         return self.ln_f.forward(x)
@@ -98,7 +82,7 @@ class GPT:
         dx = self.ln_f.backward(dh)
         for layer in reversed(self.layers):
             dx = layer.backward(dx)
-        dx = self.drop.backward(dx)
+        dx = self.embed_drop.backward(dx)
         self.wte.backward(dx)
         self.wpe.backward(dx.sum(axis=0))
         return lm.loss, {"lm_loss": lm.loss, "lm_accuracy": lm.n_correct / max(lm.n_valid, 1),
