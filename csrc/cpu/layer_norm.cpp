@@ -182,24 +182,27 @@ void layer_norm_backward(RowsView dx, float* dweight, float* dbias, ConstRowsVie
       }
     }
     stream_fence();
-  }
-
-  // Sum the partials in chunk order, in float64, a block of columns per thread.
-  constexpr int64_t kColumnBlock = 256;
-  const int64_t blocks = (2 * C + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for num_threads(threads_for(chunks * 2 * C, kMinElementsPerThread)) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t begin = blk * kColumnBlock;
-    const int64_t width = 2 * C - begin < kColumnBlock ? 2 * C - begin : kColumnBlock;
-    double total[kColumnBlock] = {};
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* p = partials.get() + c * 2 * C + begin;
-      for (int64_t j = 0; j < width; ++j) total[j] += p[j];
-    }
-    for (int64_t j = 0; j < width; ++j) {
-      const int64_t col = begin + j;
-      float* out = col < C ? dweight + col : dbias + (col - C);
-      *out = static_cast<float>(accumulate ? *out + total[j] : total[j]);
+    // Then the partials summed in chunk order, in float64, a block of columns
+    // per task: in the same parallel region, since waking the threads for a
+    // second one cost about 1 ms here once they sleep soon after a kernel
+    // (GOMP_SPINCOUNT, python/ssl_core/__init__.py).
+    constexpr int64_t kColumnBlock = 256;
+    const int64_t blocks = (2 * C + kColumnBlock - 1) / kColumnBlock;
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t begin = blk * kColumnBlock;
+      const int64_t width = 2 * C - begin < kColumnBlock ? 2 * C - begin : kColumnBlock;
+      double total[kColumnBlock] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* p = partials.get() + c * 2 * C + begin;
+        for (int64_t j = 0; j < width; ++j) total[j] += p[j];
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t col = begin + j;
+        float* out = col < C ? dweight + col : dbias + (col - C);
+        *out = static_cast<float>(accumulate ? *out + total[j] : total[j]);
+      }
     }
   }
 }
