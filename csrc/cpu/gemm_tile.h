@@ -1,5 +1,6 @@
 // Small matrix products on register tiles: the inner loops of the attention
-// kernels (csrc/cpu/attention_*.cpp).
+// kernels (csrc/cpu/attention_*.cpp) and of the fused cross-entropy
+// (csrc/cpu/linear_cross_entropy.cpp).
 //
 //   C (rows x cols) (+)= A (rows x depth) . B (depth x cols)
 //
