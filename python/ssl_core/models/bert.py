@@ -53,14 +53,14 @@ class Bert(Model):
     # ------------------------------------------------------------ forward --
     def hidden_states(self, input_ids, token_type_ids=None, attention_mask=None):
         """The encoder's output: float32 (B, T, C) for input_ids (B, T)."""
-        ids, types, self._masks = check_batch(input_ids, token_type_ids, attention_mask,
-                                              self.config.max_position_embeddings)
+        ids, types, masks = check_batch(input_ids, token_type_ids, attention_mask,
+                                        self.config.max_position_embeddings)
         B, T = ids.shape
         types = np.zeros_like(ids) if types is None else types
         x = self.word.forward(ids) + self.position.forward(np.arange(T)) + self.token_type.forward(types)
         x = self.embed_drop.forward(self.embed_ln.forward(x))
         for layer in self.layers:
-            x = layer.forward(x, **self._masks)
+            x = layer.forward(x, **masks)
         return x
 
     def pooled_output(self, hidden):

@@ -112,7 +112,7 @@ def from_pretrained(path, seed=0):
         hf_config = json.load(f)
     model_type = hf_config.get("model_type")
     if model_type == "bert":
-        model, names, prefix = Bert(BertConfig.from_hf(hf_config), seed), None, "bert."
+        model, prefix = Bert(BertConfig.from_hf(hf_config), seed), "bert."
         names = _bert_names(model.config)
     elif model_type == "gpt2":
         model, prefix = GPT(GPTConfig.from_hf(hf_config), seed), "transformer."
