@@ -27,8 +27,6 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 // (about 0.1 ms of work).
 constexpr int64_t kMinWorkPerThread = int64_t{1} << 22;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // The mask arguments resolved for one (batch, head).
 struct HeadMask {

@@ -200,6 +200,9 @@ inline Vec& operator+=(Vec& a, Vec b) { return a = a + b; }
 
 namespace ssl_core::cpu::SSL_CORE_ISA {
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
 // Scratch memory for a kernel, cache-line aligned and freed on scope exit.
 // (Not std::vector: a std template instantiated here with AVX-512 flags could
 // be shared by the linker with the portable build.)
@@ -228,7 +231,7 @@ class Carver {
   explicit Carver(float* base) : base_(base) {}
   float* take(int64_t count) {
     float* p = base_ ? base_ + used_ : nullptr;
-    used_ += (count + 15) / 16 * 16;  // 64-byte steps
+    used_ += round_up(count, 16);  // 64-byte steps
     return p;
   }
   int64_t used() const { return used_; }
