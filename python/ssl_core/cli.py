@@ -1,12 +1,60 @@
-"""The ``ssl-core`` command."""
+"""The ``ssl-core`` command: ``info`` and ``pretrain``."""
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
 
 import ssl_core
 from ssl_core import _C
+
+# Help for every setting of ``ssl-core pretrain``; each is also a TOML key.
+PRETRAIN_HELP = {
+    "model": "bert (masked LM, optional NSP/SOP) or gpt (next-token prediction)",
+    "size": "tiny (2 layers, width 128), mini (4, 256), small (4, 512) or base (12, 768)",
+    "objective": "bert: mlm, mlm+nsp, mlm+sop, wwm (whole-word masking) or span (SpanBERT); gpt: clm. "
+                 "Default: mlm for bert, clm for gpt",
+    "corpus": "a text file (documents separated by blank lines), a JSON Lines file, or a folder of them "
+              "(one document per text file). Default: the embedded corpus, the Python standard library's "
+              "documentation",
+    "text_field": "the field holding the text in JSON Lines records",
+    "tokenizer": "tokenizer.json, vocab.txt or a folder with one; default: train one on the corpus (cached)",
+    "vocab_size": "vocabulary size of a tokenizer trained here",
+    "seq_len": "maximum tokens per sequence, special tokens included",
+    "batch_size": "sequences per micro-batch",
+    "accumulation_steps": "micro-batches per optimizer step (gradient accumulation)",
+    "steps": "optimizer steps to train for",
+    "lr": "peak learning rate of AdamW",
+    "schedule": "after warmup: constant, linear or cosine decay to min_lr",
+    "warmup_steps": "steps of linear warmup (default: 6%% of steps)",
+    "min_lr": "learning rate at the end of a linear or cosine schedule",
+    "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "adam_eps": "AdamW epsilon",
+    "max_grad_norm": "clip the global gradient norm to this (0: no clipping)",
+    "dropout": "hidden and attention dropout probability",
+    "mask_rate": "fraction of tokens chosen for prediction",
+    "mask_token_ratio": "of the chosen tokens, the fraction replaced by [MASK]",
+    "random_token_ratio": "of the chosen tokens, the fraction replaced by a random token (the rest stay)",
+    "mask_budget": "exact (round(rate * tokens) per sequence) or bernoulli (each independently)",
+    "span_p": "span masking: geometric parameter of span lengths in words",
+    "max_span": "span masking: longest span in words",
+    "short_seq_prob": "probability that a BERT example aims at a random shorter length",
+    "valid_every_document": "hold out every k-th document for validation",
+    "eval_every": "steps between validations (0: only at the end)",
+    "eval_batches": "validation batches at most",
+    "save_every": "steps between checkpoints (0: only at the end)",
+    "keep_checkpoints": "checkpoints to keep (the newest)",
+    "log_every": "steps between lines of the metrics log",
+    "on_nonfinite": "when the loss or gradient becomes NaN/inf: stop (keeping the last good checkpoint) or skip "
+                    "the step",
+    "seed": "seed of initialization, data order, masking and dropout",
+    "out": "output folder: final model, checkpoints, log.jsonl, log.png, run.json",
+    "cache_dir": "where tokenizers and token files are cached (default: $SSL_CORE_CACHE or ~/.cache/ssl_core)",
+    "threads": "threads of the CPU kernels (default: all cores)",
+}
 
 
 def info() -> str:
@@ -25,14 +73,81 @@ def info() -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _add_pretrain_parser(commands):
+    from ssl_core.train import PretrainConfig
+
+    parser = commands.add_parser(
+        "pretrain", help="pretrain a BERT or GPT model", argument_default=argparse.SUPPRESS,
+        description="Pretrain a BERT or GPT model from text. Settings come from the defaults, then --config, "
+                    "then the options given; with --resume, from the interrupted run's settings first.")
+    parser.add_argument("--config", metavar="TOML", help="settings from a TOML file (keys as the options below, "
+                        "with - or _), optionally under a [pretrain] table")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest "
+                        "checkpoint; it ends with the weights an uninterrupted run would have")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ssl_core.data import OBJECTIVES
+    from ssl_core.train.config import MODELS, SIZES
+
+    choices = {"model": MODELS, "size": SIZES, "objective": sorted(OBJECTIVES), "mask_budget": ("exact", "bernoulli"),
+               "schedule": ("constant", "linear", "cosine"), "on_nonfinite": ("stop", "skip")}
+    for field in dataclasses.fields(PretrainConfig):
+        default = field.default
+        kind = {"int": int, "float": float}.get(field.type if isinstance(field.type, str) else field.type.__name__,
+                                                str)
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind,
+                            choices=choices.get(field.name), help=PRETRAIN_HELP[field.name] + shown,
+                            metavar=None if field.name in choices else field.name.upper())
+    return parser
+
+
+def _pretrain_config(args):
+    """Defaults < saved run (with --resume) < TOML < command line."""
+    from ssl_core.train.config import PretrainConfig, load_toml, read_run_config
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "no_progress")}
+    from_file = load_toml(args.config) if getattr(args, "config", None) else {}
+    out = given.get("out", from_file.get("out", PretrainConfig.out))
+    saved = read_run_config(out) if getattr(args, "resume", False) else None
+    if saved is not None:
+        return saved.replace(**{**from_file, **given})
+    return PretrainConfig.from_dict({**from_file, **given}, source=getattr(args, "config", None) or "options")
+
+
+def pretrain(args):
+    from ssl_core.data import CorpusError
+    from ssl_core.train import Pretraining, TrainingDiverged
+
+    try:
+        config = _pretrain_config(args)
+        run = Pretraining(config, resume=getattr(args, "resume", False),
+                          progress=not getattr(args, "no_progress", False))
+        metrics = run.run()
+    except (ValueError, CorpusError, FileNotFoundError) as error:
+        print(f"ssl-core pretrain: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"ssl-core pretrain: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nssl-core pretrain: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"model written to {config.out}")
+    if metrics:
+        print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssl-core", description=ssl_core.__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="show the build and runtime configuration")
+    _add_pretrain_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
-    return 0
+        return 0
+    return pretrain(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""What BERT and GPT share as models: modes and parameter access."""
+"""What BERT and GPT share as models: modes, dropout keys and parameter access."""
+
+import numpy as np
 
 
 class Model:
@@ -23,3 +25,18 @@ class Model:
     def num_parameters(self):
         """Scalar parameters, tied ones counted once."""
         return self.params.num_parameters()
+
+    def dropout_generators(self):
+        """The generators every dropout draws from (embedding, attention and
+        hidden dropout of each layer), in a fixed order."""
+        generators = [self.embed_drop.generator]
+        for layer in self.layers:
+            generators += [layer.attn.generator, layer.drop1.generator, layer.drop2.generator]
+        return generators
+
+    def reseed_dropout(self, *key):
+        """Re-key every dropout generator from integers ``key``, e.g. (seed,
+        step): a step's dropout masks then depend on the step alone, which
+        makes a resumed run identical to an uninterrupted one."""
+        for i, generator in enumerate(self.dropout_generators()):
+            generator.bit_generator.state = np.random.default_rng([*key, i]).bit_generator.state

@@ -96,9 +96,17 @@ class Bert(Model):
         each token and sentence pair weighs the same whatever micro-batch it
         is in; the losses returned are then this batch's shares.
         """
+        return self._loss(batch, token_count, sequence_count, backward=True)
+
+    def evaluate(self, batch):
+        """(loss, stats) of a batch as loss_and_backward gives them, without
+        the backward pass (for validation; call ``eval()`` first)."""
+        return self._loss(batch, None, None, backward=False)
+
+    def _loss(self, batch, token_count, sequence_count, backward):
         h = self.hidden_states(batch["input_ids"], batch.get("token_type_ids"), batch.get("attention_mask"))
         B, T, C = h.shape
-        dh = np.zeros_like(h)
+        dh = np.zeros_like(h) if backward else None
         loss, stats = 0.0, {}
         labels = batch.get("labels")
         if labels is not None:
@@ -107,22 +115,25 @@ class Bert(Model):
             rows = np.flatnonzero(labels.reshape(-1) != -100)
             t = self.mlm_ln.forward(self.mlm_act.forward(self.mlm_transform.forward(h.reshape(-1, C)[rows])))
             mlm = ops.masked_lm_loss(t, self.word.weight.data, self.mlm_bias.data, labels.reshape(-1)[rows],
-                                     normalizer=token_count, return_grad=True, accumulate=True,
-                                     grads=(None, self.word.weight.grad, self.mlm_bias.grad))
-            dt = self.mlm_transform.backward(self.mlm_act.backward(self.mlm_ln.backward(mlm.d_hidden)))
-            dh.reshape(-1, C)[rows] = dt
+                                     normalizer=token_count, return_grad=backward, accumulate=backward,
+                                     grads=(None, self.word.weight.grad, self.mlm_bias.grad) if backward else None)
+            if backward:
+                dt = self.mlm_transform.backward(self.mlm_act.backward(self.mlm_ln.backward(mlm.d_hidden)))
+                dh.reshape(-1, C)[rows] = dt
             loss += mlm.loss
             stats.update(mlm_loss=mlm.loss, mlm_accuracy=mlm.n_correct / max(mlm.n_valid, 1), n_masked=mlm.n_valid)
         next_sentence = batch.get("next_sentence_label")
         if next_sentence is not None:
             pooled = self.pooled_output(h)
             nsp = ops.masked_lm_loss(pooled, self.nsp.weight.data, self.nsp.bias.data, np.asarray(next_sentence),
-                                     normalizer=sequence_count, return_grad=True, accumulate=True,
-                                     grads=(None, self.nsp.weight.grad, self.nsp.bias.grad))
-            dh[:, 0] += self.pooler.backward(nsp.d_hidden * (1 - pooled * pooled))
+                                     normalizer=sequence_count, return_grad=backward, accumulate=backward,
+                                     grads=(None, self.nsp.weight.grad, self.nsp.bias.grad) if backward else None)
+            if backward:
+                dh[:, 0] += self.pooler.backward(nsp.d_hidden * (1 - pooled * pooled))
             loss += nsp.loss
             stats.update(nsp_loss=nsp.loss, nsp_accuracy=nsp.n_correct / max(nsp.n_valid, 1))
-        self._backward_encoder(dh)
+        if backward:
+            self._backward_encoder(dh)
         return loss, stats
 
     def _backward_encoder(self, dh):

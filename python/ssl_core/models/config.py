@@ -64,9 +64,11 @@ class GPTConfig(_HuggingFaceConfig):
 
     @classmethod
     def preset(cls, name, **overrides):
-        """GPT-2 small (124M) and a tiny one (4 layers, 256 wide)."""
-        layers, width, heads = {"gpt2": (12, 768, 12), "tiny": (4, 256, 4)}[name]
-        return cls(n_layer=layers, n_embd=width, n_head=heads, **overrides)
+        """GPT-2 small ("base", 124M with GPT-2's vocabulary) and narrower
+        models of BERT's compact shapes: tiny (2 layers, 128 wide), mini (4,
+        256), small (4, 512)."""
+        layers, width = {"base": (12, 768), "small": (4, 512), "mini": (4, 256), "tiny": (2, 128)}[name]
+        return cls(n_layer=layers, n_embd=width, n_head=max(width // 64, 2), **overrides)
 
     @property
     def inner_size(self):

@@ -67,6 +67,13 @@ class GPT(Model):
         micro-batches of one optimizer step, as the divisor instead of this
         batch's count (gradient accumulation weighted by tokens).
         """
+        return self._loss(batch, token_count, backward=True)
+
+    def evaluate(self, batch):
+        """(loss, stats) of a batch without the backward pass (validation)."""
+        return self._loss(batch, None, backward=False)
+
+    def _loss(self, batch, token_count, backward):
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         h = self.hidden_states(ids, attention_mask=mask)
         labels = batch.get("labels")
@@ -76,14 +83,17 @@ class GPT(Model):
             raise ValueError(f"labels must be an integer array of the shape of input_ids {ids.shape}")
         targets = np.full(labels.shape, -100, np.int64)
         targets[:, :-1] = labels[:, 1:]
-        dh = np.empty_like(h)
-        lm = ops.masked_lm_loss(h, self.wte.weight.data, None, targets, normalizer=token_count, return_grad=True,
-                                accumulate=True, grads=(dh, self.wte.weight.grad, None))
+        dh = np.empty_like(h) if backward else None
+        lm = ops.masked_lm_loss(h, self.wte.weight.data, None, targets, normalizer=token_count,
+                                return_grad=backward, accumulate=backward,
+                                grads=(dh, self.wte.weight.grad, None) if backward else None)
+        stats = {"lm_loss": lm.loss, "lm_accuracy": lm.n_correct / max(lm.n_valid, 1), "n_tokens": lm.n_valid}
+        if not backward:
+            return lm.loss, stats
         dx = self.ln_f.backward(dh)
         for layer in reversed(self.layers):
             dx = layer.backward(dx)
         dx = self.embed_drop.backward(dx)
         self.wte.backward(dx)
         self.wpe.backward(dx.sum(axis=0))
-        return lm.loss, {"lm_loss": lm.loss, "lm_accuracy": lm.n_correct / max(lm.n_valid, 1),
-                         "n_tokens": lm.n_valid}
+        return lm.loss, stats
