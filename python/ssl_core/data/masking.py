@@ -121,14 +121,20 @@ def sample_spans(words, rng, config):
         budget = int(rng.binomial(n_tokens, config.rate))
     else:
         budget = max(1, int(round(config.rate * n_tokens)))
-    attempts = 0
-    while masked < budget and attempts < 50 * len(words):
-        attempts += 1
-        length = int(rng.choice(config.max_span, p=probabilities)) + 1
-        first = int(rng.integers(len(words)))
-        last = min(first + length, len(words))
-        if taken[first:last].any():
-            continue
+    n = len(words)
+    for _ in range(50 * n):
+        if masked >= budget:
+            break
+        length = min(int(rng.choice(config.max_span, p=probabilities)) + 1, n)
+        # Redraw only the start of a span that overlaps an earlier one: redrawing
+        # its length too would reject long spans more often and skew the lengths.
+        for _ in range(20):
+            first = int(rng.integers(n - length + 1))
+            if not taken[first:first + length].any():
+                break
+        else:
+            continue  # no room for this length; draw another
+        last = first + length
         # Cut a span that would overshoot the budget to the words that fit.
         while last > first and masked + words[last - 1][1] - words[first][0] > budget:
             last -= 1

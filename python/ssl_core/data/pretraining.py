@@ -7,6 +7,8 @@ epoch) and (seed, epoch, batch index): the batch at a given position is the
 same whether a run got there directly or was resumed from a checkpoint.
 """
 
+import dataclasses
+
 import numpy as np
 
 from ssl_core.data.examples import build_examples
@@ -53,8 +55,9 @@ class PretrainingData:
         self.corpus, self.tokenizer, self.objective = corpus, tokenizer, objective
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.short_seq_prob, self.drop_last = short_seq_prob, drop_last
-        self.masking = MaskingConfig(**{**(masking or {}), **({"unit": unit} if unit else {})}) \
-            if not isinstance(masking, MaskingConfig) else masking
+        # The objective decides the masking unit, whatever the masking settings say.
+        masking = masking if isinstance(masking, MaskingConfig) else MaskingConfig(**(masking or {}))
+        self.masking = dataclasses.replace(masking, unit=unit) if unit else masking
         self.epoch, self.batch_index = 0, 0
         self._examples = (None, None)  # (epoch, its shuffled examples)
         if self.examples_in_epoch(0) == 0:

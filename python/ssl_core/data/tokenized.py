@@ -96,18 +96,30 @@ class _SplitWriter:
         self.word_starts = open(os.path.join(folder, "word_starts.bin"), "wb")
         self.sentence_starts, self.document_starts = array.array("q", [0]), array.array("q", [0])
         self.counts = np.zeros(vocab_size, np.int64)
+        self._uncounted = []  # token arrays not yet in counts: one bincount per ~1M tokens, not per sentence
 
     def add_document(self, sentences):
         for ids, starts in sentences:
             self.tokens.write(ids.astype(self.dtype).tobytes())
             self.word_starts.write(starts.astype(np.uint8).tobytes())
             self.sentence_starts.append(self.sentence_starts[-1] + len(ids))
-            self.counts += np.bincount(ids, minlength=self.vocab_size)
+            self._uncounted.append(ids)
         self.document_starts.append(len(self.sentence_starts) - 1)
+        if sum(map(len, self._uncounted)) > 1 << 20:
+            self._count()
 
-    def close(self, provenance):
+    def _count(self):
+        if self._uncounted:
+            self.counts += np.bincount(np.concatenate(self._uncounted), minlength=self.vocab_size)
+            self._uncounted = []
+
+    def close_files(self):
         self.tokens.close()
         self.word_starts.close()
+
+    def finish(self, provenance):
+        self.close_files()
+        self._count()
         np.save(os.path.join(self.folder, "sentences.npy"), np.asarray(self.sentence_starts, np.int64))
         np.save(os.path.join(self.folder, "documents.npy"), np.asarray(self.document_starts, np.int64))
         np.save(os.path.join(self.folder, "counts.npy"), self.counts)
@@ -118,27 +130,30 @@ class _SplitWriter:
 
 
 def _build(source, tokenizer, folder, valid_every, batch_documents, progress):
+    from tqdm import tqdm
+
     writers = {split: _SplitWriter(os.path.join(folder, split), tokenizer.vocab_size) for split in SPLITS}
-    bar = _progress_bar(progress, source.name)
     index = 0
-    for batch in _batches(source.documents(), batch_documents):
-        sentences = [split_sentences(text) for text in batch]
-        encoded = iter(tokenizer.encode([s for doc in sentences for s in doc]))
-        for doc in sentences:
-            pieces = [piece for piece in (next(encoded) for _ in doc) if len(piece[0])]
-            if pieces:
-                valid = valid_every and index % valid_every == valid_every - 1
-                writers["valid" if valid else "train"].add_document(pieces)
-                index += 1
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+    try:
+        with tqdm(desc=f"tokenizing {source.name}", unit=" docs", leave=False, disable=not progress) as bar:
+            for batch in _batches(source.documents(), batch_documents):
+                sentences = [split_sentences(text) for text in batch]
+                encoded = iter(tokenizer.encode([s for doc in sentences for s in doc]))
+                for doc in sentences:
+                    pieces = [piece for piece in (next(encoded) for _ in doc) if len(piece[0])]
+                    if pieces:
+                        valid = valid_every and index % valid_every == valid_every - 1
+                        writers["valid" if valid else "train"].add_document(pieces)
+                        index += 1
+                bar.update(len(batch))
+    finally:
+        for writer in writers.values():
+            writer.close_files()
     if writers["train"].sentence_starts[-1] == 0:
         raise CorpusError(f"corpus: {source.name} holds no text")
     provenance = {"source": source.name, "tokenizer": tokenizer.fingerprint(), "format": FORMAT_VERSION}
     for writer in writers.values():
-        writer.close(provenance)
+        writer.finish(provenance)
 
 
 def _batches(items, size):
@@ -150,13 +165,6 @@ def _batches(items, size):
             batch = []
     if batch:
         yield batch
-
-
-def _progress_bar(enabled, name):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(desc=f"tokenizing {name}", unit=" docs", leave=False)
 
 
 def _memmap(path, dtype, count):

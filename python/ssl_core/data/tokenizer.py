@@ -115,6 +115,13 @@ def train_tokenizer(texts, kind="wordpiece", vocab_size=8192, lowercase=True, mi
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(texts, trainer)
     if kind == "wordpiece":
+        # The library numbers equally frequent WordPiece tokens in hash-map order,
+        # which changes from run to run; sorting them makes a trained tokenizer a
+        # function of its corpus (ids carry no meaning for WordPiece).
+        vocab = backend.get_vocab()
+        order = special + sorted(set(vocab) - set(special))
+        backend.model = models.WordPiece({token: i for i, token in enumerate(order)},
+                                         unk_token=BERT_SPECIAL_TOKENS["unk"])
         _add_pair_template(backend)
     else:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -137,6 +144,8 @@ def load_tokenizer(path, kind=None, lowercase=True):
         backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece()
+        # Registered as special, [MASK] or [SEP] in text stays one token, as in transformers.
+        backend.add_special_tokens([t for t in BERT_SPECIAL_TOKENS.values() if backend.token_to_id(t) is not None])
         kind = kind or "wordpiece"
     else:
         try:
