@@ -3,8 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, bench_train, common
+from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, bench_pretrain, bench_train, common
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -65,6 +66,21 @@ def test_train_suite_reports_tokens_and_memory(capsys):
     assert all("tokens/s" in r.note for r in steps)
     common.print_table(results)
     assert "BERT pretrain step" in capsys.readouterr().out
+
+
+def test_pretrain_suite_times_both_training_loops(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")  # what transformers' Trainer runs on
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} says the value {i} is fine. It ends here." for i in range(60)))
+    results = bench_pretrain.run(torch, 1e9, repeats=2, size="tiny", seq_len=32, batch_size=4, steps=4, warmup=1,
+                                 matmul_n=64, cache_dir=str(tmp_path / "cache"), corpus=str(corpus))
+    loops = {r.variant: r for r in results if r.op == bench_pretrain.OP}
+    assert set(loops) == {"ssl-core pretrain", "HF Trainer"}
+    assert all(r.ms > 0 and r.flops > 0 and "tokens/s" in r.note for r in loops.values())
+    assert loops["ssl-core pretrain"].speedup == loops["HF Trainer"].ms / loops["ssl-core pretrain"].ms
+    common.print_table(results)
+    assert "HF Trainer" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():

@@ -999,28 +999,18 @@ def test_split_sentences_examples():
     assert split_sentences("no break here. lower case follows") == ["no break here. lower case follows"]
     assert split_sentences("Para one\n\nPara two\n \nPara three") == ["Para one", "\n\nPara two", "\n \nPara three"]
     assert split_sentences("") == [] and split_sentences("  \n\n ") == []
-    # Pieces that are whitespace only are dropped, so three newlines lose one.
-    assert split_sentences("A\n\n\nB") == ["A", "\n\nB"]
+    # Whitespace alone is no sentence: it joins the next one, and nothing is lost.
+    assert split_sentences("A\n\n\nB") == ["A", "\n\n\nB"]
+    assert split_sentences("  Lead. Trail  \n\n") == ["  Lead.", " Trail  \n\n"]
 
 
-def test_split_sentences_is_lossless_up_to_whitespace_pieces(documents):
-    lossless = 0
+def test_split_sentences_is_lossless(documents):
     for text in documents:
         pieces = split_sentences(text)
         assert all(p.strip() for p in pieces)
-        at = 0
-        for piece in pieces:  # consecutive slices of the text, gaps whitespace only
-            found = text.find(piece, at)
-            assert found >= at and text[at:found].strip() == ""
-            at = found + len(piece)
-        assert text[at:].strip() == ""
-        if not re.search(r"\n[ \t]*\n[ \t]*\n", text) and text == text.strip():
-            assert "".join(pieces) == text
-            lossless += 1
-    assert lossless > 0.9 * len(documents)
+        assert "".join(pieces) == text
 
 
-# ====================================================== 10. bad configuration ==
 def test_bad_pretraining_arguments(wp_corpus, bpe_corpus, tokenizers):
     wp, bpe = tokenizers["wordpiece"], tokenizers["bpe"]
     train = wp_corpus["train"]

@@ -175,6 +175,21 @@ def test_output_folder_loads_in_transformers_with_the_same_outputs(corpus_file, 
     assert_same_weights(weights(tmp_path), weights(list_checkpoints(tmp_path / "checkpoints")[-1]))
 
 
+def test_gpt_output_folder_loads_in_transformers_with_the_same_logits(corpus_file, cache_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    run = Pretraining(tiny(corpus_file, cache_dir, tmp_path, model="gpt", steps=3), progress=False)
+    run.run()
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert theirs.config.eos_token_id == theirs.config.bos_token_id == run.tokenizer.eot_id
+    ids = tokenizer("Return the value of the attribute.", return_tensors="np")["input_ids"]
+    assert ids.tolist()[0] == run.tokenizer.encode(["Return the value of the attribute."])[0][0].tolist()
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(from_pretrained(str(tmp_path)).eval().logits(ids), expected, atol=2e-4)
+
+
 def test_checkpoints_keep_the_newest_and_leave_no_temporaries(corpus_file, cache_dir, tmp_path):
     run = Pretraining(tiny(corpus_file, cache_dir, tmp_path, steps=7, save_every=2, keep_checkpoints=2),
                       progress=False)

@@ -129,14 +129,25 @@ _SENTENCE_BREAK = re.compile(r"(?<=[.!?])(?=\s+[\"'(\[]?[A-Z0-9])|(?=\n[ \t]*\n)
 
 
 def split_sentences(text):
-    """The sentences of a document, whitespace kept, empty ones dropped."""
+    """The sentences of a document. Whitespace between them stays attached to
+    the next one, so the sentences put together give the text back exactly
+    (a document of whitespace only has none)."""
     pieces, begin = [], 0
     for match in _SENTENCE_BREAK.finditer(text):
         if match.start() > begin:
             pieces.append(text[begin:match.start()])
         begin = match.start()
     pieces.append(text[begin:])
-    return [p for p in pieces if p.strip()]
+    sentences, pending = [], ""
+    for piece in pieces:
+        if piece.strip():
+            sentences.append(pending + piece)
+            pending = ""
+        else:
+            pending += piece  # whitespace alone is no sentence: it goes with the next one
+    if pending and sentences:
+        sentences[-1] += pending
+    return sentences
 
 
 def _read_text(path):

@@ -28,7 +28,7 @@ import numpy as np
 
 from ssl_core.data.sources import CorpusError, _hash, split_sentences
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bumped whenever the way a corpus is cut or stored changes
 SPLITS = ("train", "valid")
 
 

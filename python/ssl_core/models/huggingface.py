@@ -146,9 +146,11 @@ def from_pretrained(path, seed=0):
     return model
 
 
-def save_pretrained(model, path):
+def save_pretrained(model, path, **config_extras):
     """Write config.json and model.safetensors (BertForPreTraining or
-    GPT2LMHeadModel layout, output embeddings tied rather than stored twice)."""
+    GPT2LMHeadModel layout, output embeddings tied rather than stored twice).
+    ``config_extras`` go into config.json as well, e.g. the tokenizer's
+    ``pad_token_id`` / ``bos_token_id`` / ``eos_token_id``."""
     from safetensors.numpy import save_file
 
     if isinstance(model, Bert):
@@ -168,4 +170,4 @@ def save_pretrained(model, path):
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(model.config.to_hf(), f, indent=2)
+        json.dump({**model.config.to_hf(), **config_extras}, f, indent=2)

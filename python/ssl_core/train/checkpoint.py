@@ -52,8 +52,13 @@ def save_checkpoint(folder, step, model, tokenizer, optimizer, state, keep=None)
 
 
 def write_model(folder, model, tokenizer):
-    """The model (config.json, model.safetensors) and its tokenizer's files."""
-    save_pretrained(model, folder)
+    """The model (config.json, model.safetensors) and its tokenizer's files;
+    config.json names the tokenizer's special ids, as transformers expects."""
+    if tokenizer.kind == "bpe":
+        ids = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+    else:
+        ids = {"pad_token_id": tokenizer.pad_id}
+    save_pretrained(model, folder, **ids)
     tokenizer.save(folder, model_max_length=_max_positions(model.config))
 
 

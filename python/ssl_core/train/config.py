@@ -52,7 +52,7 @@ class PretrainConfig:
     short_seq_prob: float = 0.1
     valid_every_document: int = 20  # every k-th document is held out for validation
     eval_every: int = 100  # steps between validations (0: only at the end)
-    eval_batches: int = 50  # validation batches (at most)
+    eval_batches: int = 20  # validation batches (at most)
     save_every: int = 500  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
     log_every: int = 10

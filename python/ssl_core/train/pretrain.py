@@ -149,8 +149,9 @@ class Pretraining:
         self.model.train()
         while self.step < c.steps:
             step = self.step + 1
+            began = time.perf_counter()
             record = self._train_step(step)
-            window.add(record)
+            window.add(record, time.perf_counter() - began)
             self.step = step
             if bar is not None:
                 bar.update(1)
@@ -221,7 +222,7 @@ class Pretraining:
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value * _weight(key, stats, batch)
         self.model.train()
-        n = sums.pop("n_masked", None) or sums.pop("n_tokens")
+        n = max(sums.pop("n_masked" if "n_masked" in sums else "n_tokens"), 1)
         n_sequences = sum(len(b["input_ids"]) for b in self.valid)
         metrics = {k: v / (n_sequences if k.startswith("nsp") else n) for k, v in sums.items()}
         head = "mlm" if "mlm_loss" in metrics else "lm"
@@ -256,16 +257,18 @@ class Pretraining:
 
 
 class _Window:
-    """Training metrics averaged over the steps since the last log line."""
+    """Training metrics averaged over the steps since the last log line;
+    tokens/s counts the time of the steps alone, not of validation or saving."""
 
     def __init__(self):
-        self.records, self.started = [], time.perf_counter()
+        self.records, self.seconds = [], 0.0
 
-    def add(self, record):
+    def add(self, record, seconds):
         self.records.append(record)
+        self.seconds += seconds
 
     def tokens_per_second(self):
-        return sum(r["tokens"] for r in self.records) / max(time.perf_counter() - self.started, 1e-9)
+        return sum(r["tokens"] for r in self.records) / max(self.seconds, 1e-9)
 
     def summary(self):
         done = [r for r in self.records if not r.get("skipped")]
