@@ -121,6 +121,19 @@ def candidates_of(ids, attention, tok):
     return (attention == 1) & ~np.isin(ids, list(tok.special_ids.values()))
 
 
+def checked_choice(batch, ids, attention, tok):
+    """(candidates, chosen) of a masked batch whose uncorrupted ids are
+    ``ids``, after checking that only candidates are chosen, labels hold the
+    original tokens and every position not chosen is unchanged."""
+    cand = candidates_of(ids, attention, tok)
+    labels = batch["labels"]
+    chosen = labels != IGNORE
+    assert not (chosen & ~cand).any()
+    np.testing.assert_array_equal(labels[chosen], ids[chosen])
+    np.testing.assert_array_equal(batch["input_ids"][~chosen], ids[~chosen])
+    return cand, chosen
+
+
 def words_of(candidates_row, word_starts_row):
     """[(begin, end)] token ranges of the words among a row's candidates: a
     word begins at a word start or after a non-candidate position."""
@@ -399,12 +412,8 @@ def test_whole_word_masking(wp_corpus, tokenizers):
     assert data.masking.unit == "word"
     fates, n_chosen, n_candidates, multi_token_words = [], 0, 0, 0
     for batch, ids, _, attention, ws, _ in collect_bert_batches(data, N_BATCHES):
-        inputs, labels = batch["input_ids"], batch["labels"]
-        cand = candidates_of(ids, attention, tok)
-        chosen = labels != IGNORE
-        assert not (chosen & ~cand).any()
-        np.testing.assert_array_equal(labels[chosen], ids[chosen])
-        np.testing.assert_array_equal(inputs[~chosen], ids[~chosen])
+        inputs = batch["input_ids"]
+        cand, chosen = checked_choice(batch, ids, attention, tok)
         for r in range(len(ids)):
             words = words_of(cand[r], ws[r])
             n = int(cand[r].sum())
@@ -533,12 +542,8 @@ def test_span_masking_batches(wp_corpus, tokenizers):
     fates = []
     runs = []
     for batch, ids, _, attention, ws, _ in collect_bert_batches(data, 15):
-        inputs, labels = batch["input_ids"], batch["labels"]
-        cand = candidates_of(ids, attention, tok)
-        chosen = labels != IGNORE
-        assert not (chosen & ~cand).any()
-        np.testing.assert_array_equal(labels[chosen], ids[chosen])
-        np.testing.assert_array_equal(inputs[~chosen], ids[~chosen])
+        inputs = batch["input_ids"]
+        cand, chosen = checked_choice(batch, ids, attention, tok)
         for r in range(len(ids)):
             words = words_of(cand[r], ws[r])
             n_words_chosen = 0

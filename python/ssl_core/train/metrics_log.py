@@ -47,7 +47,8 @@ def plot_metrics(records, path):
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for split, style in (("train", "-"), ("valid", "o-")):
         rows = [r for r in records if r.get("split") == split]
-        for key in sorted({k for r in rows for k in r if k.endswith("_loss") or k.endswith("_accuracy")}):
+        keys = {k for r in rows for k in r if k.endswith(("_loss", "_accuracy")) and k != "unigram_accuracy"}
+        for key in sorted(keys):
             points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
             if points:
                 ax = loss_ax if key.endswith("_loss") else acc_ax
