@@ -96,10 +96,18 @@ def original_bert_batch(data, epoch, index):
     examples = data._epoch(epoch)[index * data.batch_size:(index + 1) * data.batch_size]
     pair = data.kind != "single"
     rows = []
+    doc_starts = set(corpus.sentence_starts[corpus.document_starts].tolist())
     for a0, a1, b0, b1, _ in examples:
-        ids = [tok.cls_id, *corpus.tokens[a0:a1].tolist(), tok.sep_id]
-        ws = [True, *corpus.word_starts[a0:a1].astype(bool).tolist(), True]
-        types = [0] * (a1 - a0 + 2)
+        ids, ws = [tok.cls_id], [True]
+        for t in range(a0, a1):
+            if not pair and t > a0 and t in doc_starts:  # packed: [SEP] between documents
+                ids.append(tok.sep_id)
+                ws.append(True)
+            ids.append(int(corpus.tokens[t]))
+            ws.append(bool(corpus.word_starts[t]))
+        ids.append(tok.sep_id)
+        ws.append(True)
+        types = [0] * len(ids)
         if pair:
             ids += [*corpus.tokens[b0:b1].tolist(), tok.sep_id]
             ws += [*corpus.word_starts[b0:b1].astype(bool).tolist(), True]
@@ -572,6 +580,32 @@ def document_of(corpus, begin, end):
     d = int(np.searchsorted(token_doc_begin, begin, side="right")) - 1
     assert end <= token_doc_begin[d + 1], "a segment crosses a document boundary"
     return d
+
+
+def test_single_examples_pack_the_corpus_in_order(wp_corpus):
+    """FULL-SENTENCES: the examples of an epoch tile the corpus, each fills at
+    most max_tokens counting one [SEP] per document it enters, cuts fall on
+    sentence boundaries unless a sentence alone is too long, and the batch
+    puts a [SEP] exactly where a document starts."""
+    corpus, max_tokens = wp_corpus["train"], 62
+    examples = build_examples(corpus, "single", max_tokens, np.random.default_rng(3), short_seq_prob=0.0)
+    assert examples[0, 0] == 0 and examples[-1, 1] == corpus.n_tokens
+    np.testing.assert_array_equal(examples[1:, 0], examples[:-1, 1])
+    assert (examples[:, 2:] == 0).all()
+    doc_starts = corpus.sentence_starts[corpus.document_starts]
+    sentence_starts = set(corpus.sentence_starts.tolist())
+    lengths = []
+    for a0, a1 in examples[:, :2]:
+        inner = int(((doc_starts > a0) & (doc_starts < a1)).sum())
+        lengths.append(a1 - a0 + inner)
+        # Cut at a sentence boundary, or a full piece of an over-long sentence.
+        assert a1 in sentence_starts or a1 - a0 == max_tokens
+    lengths = np.array(lengths)
+    assert lengths.max() <= max_tokens and lengths.min() >= 1
+    crossing = sum(((doc_starts > a0) & (doc_starts < a1)).any() for a0, a1 in examples[:, :2])
+    assert crossing > len(examples) // 4  # short documents share sequences
+    # Sequences are mostly full: a sentence that does not fit starts the next.
+    assert lengths.mean() > 0.7 * max_tokens
 
 
 @pytest.mark.parametrize("kind", ["nsp", "sop"])

@@ -6,8 +6,11 @@ sentence-pair label. Ranges are contiguous because a document's sentences are
 stored back to back. Examples are rebuilt for every epoch from the epoch's
 generator, so pairs and cut points differ between epochs, as in BERT.
 
-- ``"single"``: consecutive sentences of one document filling up to
-  ``max_tokens`` (RoBERTa's DOC-SENTENCES); a sentence longer than that is cut.
+- ``"single"``: consecutive sentences in corpus order filling up to
+  ``max_tokens``, crossing from one document into the next with a [SEP]
+  between them, which the batch inserts and the budget counts (RoBERTa's
+  FULL-SENTENCES: sequences are full however short the documents, so little
+  compute goes to padding); a sentence longer than that is cut.
 - ``"nsp"`` (BERT): A is the first 1..k-1 sentences of a chunk of k, B is the
   rest (label 0, "B follows A") or, with probability 1/2, a run of sentences of
   another document (label 1); the sentences not used go back to the pool.
@@ -36,9 +39,45 @@ def build_examples(corpus, kind, max_tokens, rng, short_seq_prob=0.1):
     if kind == "nsp" and corpus.n_documents < 2:
         raise ValueError("next-sentence prediction needs a corpus of at least 2 documents")
     rows = []
-    for d in range(corpus.n_documents):
-        _document_examples(corpus, d, kind, max_tokens, rng, short_seq_prob, rows)
+    if kind == "single":
+        _packed_examples(corpus, max_tokens, rng, short_seq_prob, rows)
+    else:
+        for d in range(corpus.n_documents):
+            _document_examples(corpus, d, kind, max_tokens, rng, short_seq_prob, rows)
     return np.asarray(rows, np.int64).reshape(-1, 5)
+
+
+def document_boundaries(corpus, begin, end):
+    """Token offsets in (begin, end) where a document starts: where a packed
+    example gets a [SEP]."""
+    starts = corpus.sentence_starts[corpus.document_starts]
+    return starts[np.searchsorted(starts, begin, side="right"):np.searchsorted(starts, end, side="left")]
+
+
+def _packed_examples(corpus, max_tokens, rng, short_seq_prob, rows):
+    starts = corpus.sentence_starts
+    opens_document = np.zeros(corpus.n_sentences, bool)
+    opens_document[corpus.document_starts[:-1]] = True
+
+    def new_target():
+        return int(rng.integers(2, max_tokens + 1)) if rng.random() < short_seq_prob else max_tokens
+
+    target, begin, end, length = new_target(), None, None, 0
+    for s in range(corpus.n_sentences):
+        b, e = int(starts[s]), int(starts[s + 1])
+        separator = int(begin is not None and opens_document[s])
+        if begin is not None and length + separator + (e - b) > target:
+            rows.append((begin, end, 0, 0, 0))
+            target, begin, length, separator = new_target(), None, 0, 0
+        if begin is None:
+            begin = b
+            while e - begin > target:  # a sentence longer than a sequence: cut it
+                rows.append((begin, begin + target, 0, 0, 0))
+                begin += target
+        length += separator + (e - max(b, begin))
+        end = e
+    if begin is not None:
+        rows.append((begin, end, 0, 0, 0))
 
 
 def _document_examples(corpus, d, kind, max_tokens, rng, short_seq_prob, rows):
@@ -54,11 +93,6 @@ def _document_examples(corpus, d, kind, max_tokens, rng, short_seq_prob, rows):
         while e < stop and starts[e] - starts[s] < target:
             e += 1
         begin, end = int(starts[s]), int(starts[e])
-        if kind == "single":
-            for piece in range(begin, end, max_tokens):
-                rows.append((piece, min(piece + max_tokens, end), 0, 0, 0))
-            s = e
-            continue
         if end - begin < 2:
             s = e
             continue

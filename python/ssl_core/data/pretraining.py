@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from ssl_core.data.examples import build_examples
+from ssl_core.data.examples import build_examples, document_boundaries
 from ssl_core.data.masking import IGNORE, MaskingConfig, mask_batch
 
 # objective -> (example kind, masking unit); clm is GPT's next-token prediction.
@@ -63,8 +63,8 @@ class PretrainingData:
         if self.examples_in_epoch(0) == 0:
             raise ValueError(f"the corpus split holds too little text for one example of {seq_len} tokens")
         if self.batches_per_epoch() == 0:
-            raise ValueError(f"the corpus split makes {self.examples_in_epoch(0)} examples, fewer than one batch of "
-                             f"{batch_size}")
+            raise ValueError(f"the corpus split makes {self.examples_in_epoch(0)} examples of up to {seq_len} tokens, "
+                             f"fewer than one batch of {batch_size}: use a smaller batch_size or a larger corpus")
 
     # -------------------------------------------------------------- state --
     def state_dict(self):
@@ -113,19 +113,29 @@ class PretrainingData:
     # ------------------------------------------------------------ BERT --
     def _bert_batch(self, examples, rng):
         tok, corpus = self.tokenizer, self.corpus
-        lengths = (examples[:, 1] - examples[:, 0]) + (examples[:, 3] - examples[:, 2]) + 2 + (self.kind != "single")
+        if self.kind == "single":  # packed across documents: a [SEP] where each new one starts
+            separators = [document_boundaries(corpus, a0, a1) for a0, a1 in examples[:, :2]]
+            lengths = examples[:, 1] - examples[:, 0] + np.array([len(x) for x in separators]) + 2
+        else:
+            lengths = (examples[:, 1] - examples[:, 0]) + (examples[:, 3] - examples[:, 2]) + 3
         T = min(-(-int(lengths.max()) // 8) * 8, self.seq_len)
         B = len(examples)
         ids = np.full((B, T), tok.pad_id, np.int64)
         types = np.zeros((B, T), np.int64)
         word_starts = np.ones((B, T), bool)
         for row, (a0, a1, b0, b1, _) in enumerate(examples):
-            pieces = [(a0, a1, 0)] + ([(b0, b1, 1)] if self.kind != "single" else [])
             ids[row, 0], at = tok.cls_id, 1
-            for begin, end, segment in pieces:
-                n = end - begin
-                ids[row, at:at + n] = corpus.tokens[begin:end]
-                word_starts[row, at:at + n] = corpus.word_starts[begin:end]
+            if self.kind == "single":
+                inner = separators[row] - a0
+                pieces = [(np.insert(corpus.tokens[a0:a1].astype(np.int64), inner, tok.sep_id),
+                           np.insert(corpus.word_starts[a0:a1].astype(bool), inner, True), 0)]
+            else:
+                pieces = [(corpus.tokens[a0:a1], corpus.word_starts[a0:a1], 0),
+                          (corpus.tokens[b0:b1], corpus.word_starts[b0:b1], 1)]
+            for tokens, starts, segment in pieces:
+                n = len(tokens)
+                ids[row, at:at + n] = tokens
+                word_starts[row, at:at + n] = starts
                 ids[row, at + n] = tok.sep_id
                 types[row, at:at + n + 1] = segment
                 at += n + 1

@@ -60,6 +60,7 @@ class Pretraining:
             raise ValueError(f"out: {c.out} already holds a run (checkpoints up to {os.path.basename(existing[-1])}); "
                              f"pass --resume to continue it, or choose another --out")
         self.tokenizer = self._tokenizer()
+        self.model_config = self._model_config()
         corpus = tokenize_corpus(open_source(c.corpus, c.text_field), self.tokenizer, c.cache_folder(),
                                  valid_every=c.valid_every_document, progress=progress)
         self.train_counts = corpus["train"].counts
@@ -98,7 +99,7 @@ class Pretraining:
         os.replace(tmp, cached)
         return tokenizer
 
-    def _new_model(self):
+    def _model_config(self):
         c = self.config
         if c.model == "bert":
             config = BertConfig.preset(c.size, vocab_size=self.tokenizer.vocab_size, hidden_dropout_prob=c.dropout,
@@ -110,7 +111,10 @@ class Pretraining:
             limit = config.n_positions
         if c.seq_len > limit:
             raise ValueError(f"seq_len {c.seq_len} is longer than the model's {limit} positions")
-        return (Bert if c.model == "bert" else GPT)(config, seed=c.seed)
+        return config
+
+    def _new_model(self):
+        return (Bert if self.config.model == "bert" else GPT)(self.model_config, seed=self.config.seed)
 
     def _new_optimizer(self, params):
         c = self.config
