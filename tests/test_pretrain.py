@@ -237,19 +237,24 @@ def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(corpus_file,
     assert logs[0] == logs[1]
 
 
+def _crash_at(monkeypatch, crash_step):
+    """Make Pretraining raise KeyboardInterrupt when it reaches ``crash_step``."""
+    real_step = Pretraining._train_step
+
+    def train_step(self, step):
+        if step == crash_step:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(Pretraining, "_train_step", train_step)
+
+
 def test_gpt_resumed_from_a_checkpoint_matches_an_uninterrupted_run(corpus_file, cache_dir, tmp_path, monkeypatch):
     settings = dict(model="gpt", objective="clm", steps=8, save_every=3, dropout=0.1, seed=3)
     Pretraining(tiny(corpus_file, cache_dir, tmp_path / "whole", **settings), progress=False).run()
 
     broken = Pretraining(tiny(corpus_file, cache_dir, tmp_path / "broken", **settings), progress=False)
-    real_step = Pretraining._train_step
-
-    def crash_at_step_7(self, step):
-        if step == 7:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(Pretraining, "_train_step", crash_at_step_7)
+    _crash_at(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
         broken.run()
     monkeypatch.undo()
@@ -258,6 +263,25 @@ def test_gpt_resumed_from_a_checkpoint_matches_an_uninterrupted_run(corpus_file,
     assert resumed.step == 6
     resumed.run()
     assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "broken"))
+
+
+def test_resume_reads_the_tokenizer_of_its_checkpoint(corpus_file, tmp_path, monkeypatch):
+    """A trained WordPiece vocabulary can differ between trainings (ties), so a
+    resumed run must not train a new one when the cache is gone."""
+    cache = tmp_path / "cache"
+    config = tiny(corpus_file, str(cache), tmp_path / "out", steps=4, save_every=2)
+    run = Pretraining(config, progress=False)
+    _crash_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    monkeypatch.undo()
+    for cached in cache.glob("tokenizer-*.json"):
+        cached.unlink()
+    messages = []
+    resumed = Pretraining(config, resume=True, progress=False, echo=messages.append)
+    assert not any("training" in m for m in messages) and "resuming from" in messages[-1]
+    assert resumed.tokenizer.fingerprint() == run.tokenizer.fingerprint()
+    resumed.run()
 
 
 def test_resume_refuses_settings_that_change_the_weights(corpus_file, cache_dir, tmp_path):

@@ -59,7 +59,8 @@ class Pretraining:
         if existing and not resume:
             raise ValueError(f"out: {c.out} already holds a run (checkpoints up to {os.path.basename(existing[-1])}); "
                              f"pass --resume to continue it, or choose another --out")
-        self.tokenizer = self._tokenizer()
+        # A resumed run reads the tokenizer its checkpoint was saved with.
+        self.tokenizer = self._tokenizer(existing[-1] if resume and existing else None)
         self.model_config = self._model_config()
         corpus = tokenize_corpus(open_source(c.corpus, c.text_field), self.tokenizer, c.cache_folder(),
                                  valid_every=c.valid_every_document, progress=progress)
@@ -82,11 +83,11 @@ class Pretraining:
             json.dump(c.to_dict(), f, indent=2)
 
     # ------------------------------------------------------------- set-up --
-    def _tokenizer(self):
+    def _tokenizer(self, checkpoint=None):
         c = self.config
         kind = "bpe" if c.model == "gpt" else "wordpiece"
-        if c.tokenizer:
-            return load_tokenizer(c.tokenizer, kind=kind)
+        if checkpoint or c.tokenizer:
+            return load_tokenizer(checkpoint or c.tokenizer, kind=kind)
         source = open_source(c.corpus, c.text_field)
         cached = os.path.join(c.cache_folder(), f"tokenizer-{kind}-{c.vocab_size}-{source.fingerprint()}.json")
         if os.path.exists(cached):
