@@ -1,4 +1,4 @@
-"""The ``ssl-core`` command: ``info`` and ``pretrain``."""
+"""The ``ssl-core`` command: ``info``, ``pretrain`` and ``embed``."""
 
 import argparse
 import dataclasses
@@ -138,16 +138,60 @@ def pretrain(args):
     return 0
 
 
+def _add_embed_parser(commands):
+    parser = commands.add_parser(
+        "embed", help="sentence embeddings and their cosine similarities",
+        description="Embed texts with a BERT-family model folder (ours or a Hugging Face one, e.g. "
+                    "all-MiniLM-L6-v2) and print their cosine similarities.")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    parser.add_argument("--model", required=True, help="model folder: config.json, weights and tokenizer")
+    parser.add_argument("--input", help="a file of texts, one per line (after any TEXT arguments)")
+    parser.add_argument("--pooling", choices=("mean", "cls"), default="mean",
+                        help="mean of the token vectors (sentence-transformers) or the [CLS] vector (default: mean)")
+    parser.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
+    parser.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    parser.add_argument("--out", help="write the vectors, float32 (N, C), to this .npy file")
+
+
+def embed(args):
+    from ssl_core.tasks import TextEncoder, cosine_similarity
+
+    try:
+        texts = list(args.texts)
+        if args.input:
+            with open(args.input, encoding="utf-8") as f:
+                texts += [line.rstrip("\n") for line in f if line.strip()]
+        if not texts:
+            raise ValueError("no texts: give TEXT arguments or --input FILE")
+        encoder = TextEncoder.from_pretrained(args.model, max_length=args.max_length)
+        vectors = encoder.sentence_vectors(texts, pooling=args.pooling, normalize=not args.no_normalize)
+    except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError) as error:
+        print(f"ssl-core embed: error: {error}", file=sys.stderr)
+        return 2
+    if args.out:
+        import numpy as np
+
+        np.save(args.out, vectors)
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {args.out}")
+    similarity = cosine_similarity(vectors)
+    labels = [t if len(t) <= 40 else t[:37] + "..." for t in texts]
+    width = max(len(label) for label in labels)
+    for i, label in enumerate(labels):
+        print(f"{label:<{width}}  " + " ".join(f"{v:6.3f}" for v in similarity[i]))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssl-core", description=ssl_core.__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="show the build and runtime configuration")
     _add_pretrain_parser(commands)
+    _add_embed_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
         return 0
-    return pretrain(args)
+    return embed(args) if args.command == "embed" else pretrain(args)
 
 
 if __name__ == "__main__":
