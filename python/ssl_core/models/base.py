@@ -40,3 +40,7 @@ class Model:
         makes a resumed run identical to an uninterrupted one."""
         for i, generator in enumerate(self.dropout_generators()):
             generator.bit_generator.state = np.random.default_rng([*key, i]).bit_generator.state
+
+    def hf_config(self):
+        """The config.json a Hugging Face model of this kind is saved with."""
+        return self.config.to_hf()

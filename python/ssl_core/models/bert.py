@@ -25,12 +25,14 @@ class Bert(Model):
     switches dropout on or off (``train()`` / ``eval()``).
     """
 
+    HEADS = "pretraining"  # which checkpoint names the heads have (huggingface._BERT_HEADS)
+
     def __init__(self, config=None, seed=0):
         c = self.config = config or BertConfig()
         P, std, eps = ParameterStore(), c.initializer_range, c.layer_norm_eps
         H, approximate = c.hidden_size, gelu_approximation(c.hidden_act)
         self.params = P
-        self.word = Embedding(P, "embeddings.word", c.vocab_size, H, std)
+        self.word = Embedding(P, "embeddings.word", c.vocab_size, H, std, padding_idx=c.pad_token_id)
         self.position = Embedding(P, "embeddings.position", c.max_position_embeddings, H, std)
         self.token_type = Embedding(P, "embeddings.token_type", c.type_vocab_size, H, std)
         self.embed_ln = LayerNorm(P, "embeddings.ln", H, eps)
@@ -41,14 +43,21 @@ class Bert(Model):
                              approximate=approximate, eps=eps, seed=(seed, 2, i))
             for i in range(c.num_hidden_layers)
         ]
+        self._build_heads(P, seed)
+        P.allocate(seed)
+        if c.pad_token_id is not None:
+            self.word.weight.data[c.pad_token_id] = 0.0  # as Hugging Face initializes the padding row
+        self.train()
+
+    def _build_heads(self, P, seed):
+        """Declare the layers on top of the encoder (subclasses: task heads)."""
+        c, H, std = self.config, self.config.hidden_size, self.config.initializer_range
         self.pooler = Linear(P, "pooler", H, H, std=std)
         self.mlm_transform = Linear(P, "mlm.transform", H, H, std=std)
-        self.mlm_act = GELU(approximate)
-        self.mlm_ln = LayerNorm(P, "mlm.ln", H, eps)
+        self.mlm_act = GELU(gelu_approximation(c.hidden_act))
+        self.mlm_ln = LayerNorm(P, "mlm.ln", H, c.layer_norm_eps)
         self.mlm_bias = P.add("mlm.bias", (c.vocab_size,), init="zeros", decay=False)
         self.nsp = Linear(P, "nsp", H, 2, std=std)
-        P.allocate(seed)
-        self.train()
 
     # ------------------------------------------------------------ forward --
     def hidden_states(self, input_ids, token_type_ids=None, attention_mask=None):

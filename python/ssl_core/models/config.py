@@ -34,6 +34,8 @@ class BertConfig(_HuggingFaceConfig):
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
+    classifier_dropout: float = None  # dropout before a task head; None: hidden_dropout_prob
+    pad_token_id: int = 0  # its embedding row starts at zero and is never trained
 
     @classmethod
     def preset(cls, name, **overrides):

@@ -24,7 +24,18 @@ log = logging.getLogger("ssl_core")
 _NOT_PARAMETERS = (".attn.bias", ".attn.masked_bias", "position_ids")
 
 
-def _bert_names(config):
+# Checkpoint names of the layers on top of the encoder, by Bert.HEADS.
+_BERT_HEADS = {
+    "pretraining": {"pooler": "bert.pooler.dense", "mlm.transform": "cls.predictions.transform.dense",
+                    "mlm.ln": "cls.predictions.transform.LayerNorm", "mlm.bias": "cls.predictions.bias",
+                    "nsp": "cls.seq_relationship"},
+    "sequence": {"pooler": "bert.pooler.dense", "classifier": "classifier"},
+    "token": {"classifier": "classifier"},
+    "qa": {"qa_outputs": "qa_outputs"},
+}
+
+
+def _bert_names(config, heads="pretraining"):
     """{our name: (checkpoint names, how)}; how is None (copy), "concat" or "T"."""
     names = {
         "embeddings.word.weight": ("bert.embeddings.word_embeddings.weight",),
@@ -32,16 +43,12 @@ def _bert_names(config):
         "embeddings.token_type.weight": ("bert.embeddings.token_type_embeddings.weight",),
         "embeddings.ln.weight": ("bert.embeddings.LayerNorm.weight",),
         "embeddings.ln.bias": ("bert.embeddings.LayerNorm.bias",),
-        "pooler.weight": ("bert.pooler.dense.weight",),
-        "pooler.bias": ("bert.pooler.dense.bias",),
-        "mlm.transform.weight": ("cls.predictions.transform.dense.weight",),
-        "mlm.transform.bias": ("cls.predictions.transform.dense.bias",),
-        "mlm.ln.weight": ("cls.predictions.transform.LayerNorm.weight",),
-        "mlm.ln.bias": ("cls.predictions.transform.LayerNorm.bias",),
-        "mlm.bias": ("cls.predictions.bias",),
-        "nsp.weight": ("cls.seq_relationship.weight",),
-        "nsp.bias": ("cls.seq_relationship.bias",),
     }
+    for ours, theirs in _BERT_HEADS[heads].items():
+        if ours == "mlm.bias":
+            names[ours] = (theirs,)
+        else:
+            names.update({f"{ours}.{kind}": (f"{theirs}.{kind}",) for kind in ("weight", "bias")})
     names = {ours: (theirs, None) for ours, theirs in names.items()}
     for i in range(config.num_hidden_layers):
         hf = f"bert.encoder.layer.{i}"
@@ -75,7 +82,7 @@ def _canonical(name, prefix):
         name = name[:-6] + ".weight"
     elif name.endswith(".beta"):
         name = name[:-5] + ".bias"
-    if not name.startswith(("cls.", "lm_head.", prefix)):
+    if not name.startswith(("cls.", "lm_head.", "classifier.", "qa_outputs.", prefix)):
         name = prefix + name
     return name
 
@@ -97,21 +104,42 @@ def _read_tensors(path):
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
 
 
-def from_pretrained(path, seed=0):
-    """A Bert or GPT from a local Hugging Face directory (config.json +
-    model.safetensors, or pytorch_model.bin when torch is installed).
+def from_pretrained(path, seed=0, task=None, **task_options):
+    """A Bert, a BERT task model or a GPT from a local Hugging Face directory
+    (config.json + model.safetensors, or pytorch_model.bin when torch is
+    installed).
 
-    Accepts BertModel / BertForMaskedLM / BertForPreTraining and
-    GPT2Model / GPT2LMHeadModel layouts, with or without the ``bert.`` /
-    ``transformer.`` prefix. Parameters the checkpoint lacks (the heads of a
-    bare BertModel) keep their fresh initialization and are logged;
-    ``model.load_report`` lists what was loaded, missing and left unused.
-    A shape that does not match the config raises ValueError.
+    Accepts BertModel / BertForMaskedLM / BertForPreTraining /
+    BertForSequenceClassification / BertForTokenClassification /
+    BertForQuestionAnswering and GPT2Model / GPT2LMHeadModel layouts, with or
+    without the ``bert.`` / ``transformer.`` prefix. The model class follows
+    the checkpoint's architecture, or ``task`` ("classify", "pair", "tokens",
+    "qa"), with ``task_options`` (``labels``, ``problem_type``) for its head:
+    how a pretrained encoder starts fine-tuning. Parameters the checkpoint
+    lacks (a new task head, the heads of a bare BertModel) keep their fresh
+    initialization and are logged; ``model.load_report`` lists what was
+    loaded, missing and left unused. A shape that does not match the config
+    raises ValueError.
     """
+    from ssl_core.models.tasks import TASKS
+
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     with open(os.path.join(path, "config.json")) as f:
         hf_config = json.load(f)
     model_type = hf_config.get("model_type")
-    if model_type == "bert":
+    architecture = (hf_config.get("architectures") or [None])[0]
+    by_architecture = {cls.ARCHITECTURE: cls for cls in TASKS.values()}
+    if model_type == "bert" and (task or architecture in by_architecture):
+        cls = TASKS[task] if task else by_architecture[architecture]
+        options = dict(task_options)
+        if cls.HEADS != "qa" and "labels" not in options and "id2label" in hf_config:
+            options["labels"] = [hf_config["id2label"][k] for k in sorted(hf_config["id2label"], key=int)]
+        if cls.HEADS == "sequence" and "problem_type" not in options:
+            options["problem_type"] = hf_config.get("problem_type")
+        model, prefix = cls(BertConfig.from_hf(hf_config), seed=seed, **options), "bert."
+        names = _bert_names(model.config, model.HEADS)
+    elif model_type == "bert":
         model, prefix = Bert(BertConfig.from_hf(hf_config), seed), "bert."
         names = _bert_names(model.config)
     elif model_type == "gpt2":
@@ -154,7 +182,7 @@ def save_pretrained(model, path, **config_extras):
     from safetensors.numpy import save_file
 
     if isinstance(model, Bert):
-        names = _bert_names(model.config)
+        names = _bert_names(model.config, model.HEADS)
     elif isinstance(model, GPT):
         names = _gpt_names(model.config)
     else:
@@ -170,4 +198,4 @@ def save_pretrained(model, path, **config_extras):
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump({**model.config.to_hf(), **config_extras}, f, indent=2)
+        json.dump({**model.hf_config(), **config_extras}, f, indent=2)

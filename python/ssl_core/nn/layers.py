@@ -51,10 +51,12 @@ def scatter_add_rows(target, ids, rows):
 
 
 class Embedding:
-    """Rows of a (num_embeddings, dim) table by id; its backward is a scatter-add."""
+    """Rows of a (num_embeddings, dim) table by id; its backward is a scatter-add.
+    The row of ``padding_idx`` (if given) gets no gradient, as in torch."""
 
-    def __init__(self, params, name, num_embeddings, dim, std=0.02, decay=True):
+    def __init__(self, params, name, num_embeddings, dim, std=0.02, decay=True, padding_idx=None):
         self.weight = params.add(f"{name}.weight", (num_embeddings, dim), std=std, decay=decay, embedding=True)
+        self.padding_idx = padding_idx
         self._ids = None
 
     def forward(self, ids):
@@ -65,8 +67,12 @@ class Embedding:
         return self.weight.data[ids]
 
     def backward(self, dy):
-        ids, self._ids = self._ids, None
-        scatter_add_rows(self.weight.grad, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        ids, self._ids = self._ids.reshape(-1), None
+        rows = dy.reshape(-1, dy.shape[-1])
+        if self.padding_idx is not None:
+            keep = ids != self.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        scatter_add_rows(self.weight.grad, ids, rows)
 
 
 class LayerNorm:

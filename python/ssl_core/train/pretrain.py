@@ -104,7 +104,7 @@ class Pretraining:
         c = self.config
         if c.model == "bert":
             config = BertConfig.preset(c.size, vocab_size=self.tokenizer.vocab_size, hidden_dropout_prob=c.dropout,
-                                       attention_probs_dropout_prob=c.dropout)
+                                       attention_probs_dropout_prob=c.dropout, pad_token_id=self.tokenizer.pad_id)
             limit = config.max_position_embeddings
         else:
             config = GPTConfig.preset(c.size, vocab_size=self.tokenizer.vocab_size, resid_pdrop=c.dropout,
