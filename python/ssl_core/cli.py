@@ -90,15 +90,27 @@ def _add_pretrain_parser(commands):
 
     choices = {"model": MODELS, "size": SIZES, "objective": sorted(OBJECTIVES), "mask_budget": ("exact", "bernoulli"),
                "schedule": ("constant", "linear", "cosine"), "on_nonfinite": ("stop", "skip")}
-    for field in dataclasses.fields(PretrainConfig):
-        default = field.default
-        kind = {"int": int, "float": float}.get(field.type if isinstance(field.type, str) else field.type.__name__,
-                                                str)
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind,
-                            choices=choices.get(field.name), help=PRETRAIN_HELP[field.name] + shown,
-                            metavar=None if field.name in choices else field.name.upper())
+    _add_config_options(parser, PretrainConfig, PRETRAIN_HELP, choices)
     return parser
+
+
+def _add_config_options(parser, config_class, help_texts, choices):
+    """An option per field of a RunConfig subclass, in the order of help_texts
+    (which must explain every field)."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    missing = sorted(set(fields) - set(help_texts))
+    assert not missing, f"no help for {missing}"
+    for name, text in help_texts.items():
+        field = fields[name]
+        flag = "--" + name.replace("_", "-")
+        shown = "" if field.default is None else f" (default: {field.default})"
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action="store_true", help=text)
+            continue
+        parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(kind, str),
+                            choices=choices.get(name), help=text + shown,
+                            metavar=None if name in choices else name.upper())
 
 
 def _pretrain_config(args):
