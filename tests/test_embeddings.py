@@ -58,7 +58,8 @@ def test_token_vectors_match_transformers_last_hidden_state(encoder, model_dir):
 @pytest.mark.parametrize("word, same_a, same_b, other", [
     ("apple", "I ate a crisp apple from the orchard.", "She peeled a ripe apple and ate it slowly.",
      "Apple announced a new iPhone and a faster laptop today."),
-    ("bank", "We had a picnic on the grassy bank of the river.", "The boat drifted toward the muddy bank of the stream.",
+    ("bank", "We had a picnic on the grassy bank of the river.",
+     "The boat drifted toward the muddy bank of the stream.",
      "I deposited my salary at the bank and paid the loan."),
 ])
 def test_a_word_is_closer_to_itself_in_the_same_sense(encoder, word, same_a, same_b, other):

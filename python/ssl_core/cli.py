@@ -1,4 +1,4 @@
-"""The ``ssl-core`` command: ``info``, ``pretrain`` and ``embed``."""
+"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune`` and ``embed``."""
 
 import argparse
 import dataclasses
@@ -9,8 +9,35 @@ import sys
 import ssl_core
 from ssl_core import _C
 
-# Help for every setting of ``ssl-core pretrain``; each is also a TOML key.
-PRETRAIN_HELP = {
+# Help for every setting of ``ssl-core pretrain`` and ``finetune``; each is also a TOML key.
+RUN_HELP = {
+    "seq_len": "maximum tokens per sequence, special tokens included",
+    "batch_size": "sequences per micro-batch",
+    "accumulation_steps": "micro-batches per optimizer step (gradient accumulation)",
+    "steps": "optimizer steps to train for (fine-tuning default: --epochs passes over the data)",
+    "lr": "peak learning rate of AdamW",
+    "schedule": "after warmup: constant, linear or cosine decay to min_lr",
+    "warmup_steps": "steps of linear warmup (default: 6%% of the steps for pretraining, 10%% for fine-tuning)",
+    "min_lr": "learning rate at the end of a linear or cosine schedule",
+    "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "adam_eps": "AdamW epsilon",
+    "max_grad_norm": "clip the global gradient norm to this (0: no clipping)",
+    "dropout": "hidden and attention dropout probability (fine-tuning default: the model's own)",
+    "eval_every": "steps between validations (0: only at the end; fine-tuning default: once per epoch)",
+    "eval_batches": "validation batches at most",
+    "save_every": "steps between checkpoints (0: only at the end; fine-tuning default: once per epoch)",
+    "keep_checkpoints": "checkpoints to keep (the newest)",
+    "log_every": "steps between lines of the metrics log",
+    "on_nonfinite": "when the loss or gradient becomes NaN/inf: stop (keeping the last good checkpoint) or "
+                    "skip the step",
+    "seed": "seed of initialization, data order, masking and dropout",
+    "out": "output folder: final model, checkpoints, log.jsonl, log.png, run.json",
+    "cache_dir": "where tokenizers and token files are cached (default: $SSL_CORE_CACHE or ~/.cache/ssl_core)",
+    "threads": "threads of the CPU kernels (default: all cores)",
+}
+_PRETRAIN_ONLY = {
     "model": "bert (masked LM, optional NSP/SOP) or gpt (next-token prediction)",
     "size": "tiny (2 layers, width 128), mini (4, 256), small (4, 512) or base (12, 768)",
     "objective": "bert: mlm, mlm+nsp, mlm+sop, wwm (whole-word masking) or span (SpanBERT); gpt: clm. "
@@ -21,20 +48,6 @@ PRETRAIN_HELP = {
     "text_field": "the field holding the text in JSON Lines records",
     "tokenizer": "tokenizer.json, vocab.txt or a folder with one; default: train one on the corpus (cached)",
     "vocab_size": "vocabulary size of a tokenizer trained here",
-    "seq_len": "maximum tokens per sequence, special tokens included",
-    "batch_size": "sequences per micro-batch",
-    "accumulation_steps": "micro-batches per optimizer step (gradient accumulation)",
-    "steps": "optimizer steps to train for",
-    "lr": "peak learning rate of AdamW",
-    "schedule": "after warmup: constant, linear or cosine decay to min_lr",
-    "warmup_steps": "steps of linear warmup (default: 6%% of steps)",
-    "min_lr": "learning rate at the end of a linear or cosine schedule",
-    "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
-    "beta1": "AdamW beta1",
-    "beta2": "AdamW beta2",
-    "adam_eps": "AdamW epsilon",
-    "max_grad_norm": "clip the global gradient norm to this (0: no clipping)",
-    "dropout": "hidden and attention dropout probability",
     "mask_rate": "fraction of tokens chosen for prediction",
     "mask_token_ratio": "of the chosen tokens, the fraction replaced by [MASK]",
     "random_token_ratio": "of the chosen tokens, the fraction replaced by a random token (the rest stay)",
@@ -43,18 +56,24 @@ PRETRAIN_HELP = {
     "max_span": "span masking: longest span in words",
     "short_seq_prob": "probability that a BERT example aims at a random shorter length",
     "valid_every_document": "hold out every k-th document for validation",
-    "eval_every": "steps between validations (0: only at the end)",
-    "eval_batches": "validation batches at most",
-    "save_every": "steps between checkpoints (0: only at the end)",
-    "keep_checkpoints": "checkpoints to keep (the newest)",
-    "log_every": "steps between lines of the metrics log",
-    "on_nonfinite": "when the loss or gradient becomes NaN/inf: stop (keeping the last good checkpoint) or skip "
-                    "the step",
-    "seed": "seed of initialization, data order, masking and dropout",
-    "out": "output folder: final model, checkpoints, log.jsonl, log.png, run.json",
-    "cache_dir": "where tokenizers and token files are cached (default: $SSL_CORE_CACHE or ~/.cache/ssl_core)",
-    "threads": "threads of the CPU kernels (default: all cores)",
 }
+_FINETUNE_ONLY = {
+    "task": "classify (single texts), pair (sentence pairs) or tokens (a tag per word)",
+    "train": "the training file: CSV/TSV with a header or JSON Lines (classify, pair), CoNLL or CoNLL-U (tokens)",
+    "eval": "the evaluation file, in the training file's format",
+    "init": "a model folder to start from (ours or Hugging Face's), or none for random weights",
+    "size": "with --init none: tiny, mini, small or base",
+    "tokenizer": "with --init none: tokenizer.json, vocab.txt or a folder holding one",
+    "text_column": "the column (or JSON field) of the text",
+    "text_b_column": "pair: the column of the second text",
+    "label_column": "the column of the label",
+    "tag_column": "tokens: the column of the tags, from 0 (default: the last; CoNLL-U: 3, UPOS)",
+    "regression": "classify/pair: the labels are values to predict (default: when they are fractional numbers)",
+    "epochs": "passes over the training file (when --steps is not given)",
+    "skip_bad": "skip bad records, counting them, instead of stopping at the first",
+}
+PRETRAIN_HELP = {**_PRETRAIN_ONLY, **RUN_HELP}
+FINETUNE_HELP = {**_FINETUNE_ONLY, **RUN_HELP}
 
 
 def info() -> str:
@@ -73,25 +92,40 @@ def info() -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _add_pretrain_parser(commands):
-    from ssl_core.train import PretrainConfig
-
-    parser = commands.add_parser(
-        "pretrain", help="pretrain a BERT or GPT model", argument_default=argparse.SUPPRESS,
-        description="Pretrain a BERT or GPT model from text. Settings come from the defaults, then --config, "
-                    "then the options given; with --resume, from the interrupted run's settings first.")
+def _add_run_parser(commands, name, help, description):
+    parser = commands.add_parser(name, help=help, argument_default=argparse.SUPPRESS,
+                                 description=description + " Settings come from the defaults, then --config, then "
+                                 "the options given; with --resume, from the interrupted run's settings first.")
     parser.add_argument("--config", metavar="TOML", help="settings from a TOML file (keys as the options below, "
-                        "with - or _), optionally under a [pretrain] table")
+                        "with - or _), optionally under a [pretrain] / [finetune] table")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest "
                         "checkpoint; it ends with the weights an uninterrupted run would have")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_pretrain_parser(commands):
     from ssl_core.data import OBJECTIVES
+    from ssl_core.train import PretrainConfig
     from ssl_core.train.config import MODELS, SIZES
 
+    parser = _add_run_parser(commands, "pretrain", "pretrain a BERT or GPT model",
+                             "Pretrain a BERT or GPT model from text.")
     choices = {"model": MODELS, "size": SIZES, "objective": sorted(OBJECTIVES), "mask_budget": ("exact", "bernoulli"),
                "schedule": ("constant", "linear", "cosine"), "on_nonfinite": ("stop", "skip")}
     _add_config_options(parser, PretrainConfig, PRETRAIN_HELP, choices)
-    return parser
+
+
+def _add_finetune_parser(commands):
+    from ssl_core.train.config import SIZES
+    from ssl_core.train.finetune import FINETUNE_TASKS, FinetuneConfig
+
+    parser = _add_run_parser(commands, "finetune", "fine-tune a BERT model on a downstream task",
+                             "Fine-tune a BERT model (ours, a Hugging Face one, or random weights) on sequence "
+                             "classification, sentence-pair classification or token classification.")
+    choices = {"task": FINETUNE_TASKS, "size": SIZES, "schedule": ("constant", "linear", "cosine"),
+               "on_nonfinite": ("stop", "skip")}
+    _add_config_options(parser, FinetuneConfig, FINETUNE_HELP, choices)
 
 
 def _add_config_options(parser, config_class, help_texts, choices):
@@ -113,36 +147,38 @@ def _add_config_options(parser, config_class, help_texts, choices):
                             metavar=None if name in choices else name.upper())
 
 
-def _pretrain_config(args):
+def _run_config(args, kind):
     """Defaults < saved run (with --resume) < TOML < command line."""
-    from ssl_core.train.config import PretrainConfig, load_toml, read_run_config
+    from ssl_core.train.config import load_toml, read_run_config
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "no_progress")}
-    from_file = load_toml(args.config) if getattr(args, "config", None) else {}
-    out = given.get("out", from_file.get("out", PretrainConfig.out))
-    saved = read_run_config(out) if getattr(args, "resume", False) else None
+    from_file = load_toml(args.config, args.command) if getattr(args, "config", None) else {}
+    out = given.get("out", from_file.get("out", kind.out))
+    saved = read_run_config(out, kind) if getattr(args, "resume", False) else None
     if saved is not None:
         return saved.replace(**{**from_file, **given})
-    return PretrainConfig.from_dict({**from_file, **given}, source=getattr(args, "config", None) or "options")
+    return kind.from_dict({**from_file, **given}, source=getattr(args, "config", None) or "options")
 
 
-def pretrain(args):
+def _train(args, name, kind, run_class):
+    """Run a training command; errors are one-line messages with exit codes
+    (2 bad settings or data, 1 divergence, 130 interrupted)."""
     from ssl_core.data import CorpusError
-    from ssl_core.train import Pretraining, TrainingDiverged
+    from ssl_core.train import TrainingDiverged
 
     try:
-        config = _pretrain_config(args)
-        run = Pretraining(config, resume=getattr(args, "resume", False),
-                          progress=not getattr(args, "no_progress", False))
+        config = _run_config(args, kind)
+        run = run_class(config, resume=getattr(args, "resume", False),
+                        progress=not getattr(args, "no_progress", False))
         metrics = run.run()
     except (ValueError, CorpusError, FileNotFoundError) as error:
-        print(f"ssl-core pretrain: error: {error}", file=sys.stderr)
+        print(f"ssl-core {name}: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
-        print(f"ssl-core pretrain: {error}", file=sys.stderr)
+        print(f"ssl-core {name}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nssl-core pretrain: interrupted; continue with --resume", file=sys.stderr)
+        print(f"\nssl-core {name}: interrupted; continue with --resume", file=sys.stderr)
         return 130
     print(f"model written to {config.out}")
     if metrics:
@@ -198,12 +234,19 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="show the build and runtime configuration")
     _add_pretrain_parser(commands)
+    _add_finetune_parser(commands)
     _add_embed_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
         return 0
-    return embed(args) if args.command == "embed" else pretrain(args)
+    if args.command == "embed":
+        return embed(args)
+    if args.command == "pretrain":
+        from ssl_core.train import PretrainConfig, Pretraining
+        return _train(args, "pretrain", PretrainConfig, Pretraining)
+    from ssl_core.train.finetune import FinetuneConfig, FineTuning
+    return _train(args, "finetune", FinetuneConfig, FineTuning)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class QuestionAnswering:
 def read_labelled_texts(path, text="text", text_b="text_b", label="label", regression=None, skip_bad=False):
     """Texts and labels from a .csv / .tsv file with a header row, or JSON
     Lines (.jsonl / .json). ``text_b`` is used when the file has that column
-    (sentence pairs). Labels are class names (strings) unless ``regression``;
+    (sentence pairs; None: never). Labels are class names (strings) unless ``regression``;
     by default a task is a regression when every label is a number and some
     are not whole (STS-B's 3.8, not SST-2's 0 and 1)."""
     records = _records(path)
@@ -55,7 +55,7 @@ def read_labelled_texts(path, text="text", text_b="text_b", label="label", regre
     pair = None
     for where, record in records:
         if pair is None:
-            pair = text_b in record
+            pair = text_b is not None and text_b in record
         try:
             row = [_field(record, text, where), _field(record, text_b, where) if pair else None,
                    _field(record, label, where)]

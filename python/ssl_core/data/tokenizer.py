@@ -78,7 +78,8 @@ class TextTokenizer:
                 vocab = self.backend.get_vocab()
                 f.writelines(token + "\n" for token in sorted(vocab, key=vocab.get))
             normalizer = json.loads(self.backend.to_str()).get("normalizer") or {}
-            config = {"tokenizer_class": "BertTokenizerFast", "do_lower_case": bool(normalizer.get("lowercase")), **special}
+            config = {"tokenizer_class": "BertTokenizerFast", "do_lower_case": bool(normalizer.get("lowercase")),
+                      **special}
         else:
             special = {"bos_token": special["eot_token"], "eos_token": special["eot_token"],
                        "unk_token": special["eot_token"]}

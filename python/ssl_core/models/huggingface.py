@@ -104,7 +104,7 @@ def _read_tensors(path):
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
 
 
-def from_pretrained(path, seed=0, task=None, **task_options):
+def from_pretrained(path, seed=0, task=None, config_overrides=None, **task_options):
     """A Bert, a BERT task model or a GPT from a local Hugging Face directory
     (config.json + model.safetensors, or pytorch_model.bin when torch is
     installed).
@@ -115,7 +115,8 @@ def from_pretrained(path, seed=0, task=None, **task_options):
     without the ``bert.`` / ``transformer.`` prefix. The model class follows
     the checkpoint's architecture, or ``task`` ("classify", "pair", "tokens",
     "qa"), with ``task_options`` (``labels``, ``problem_type``) for its head:
-    how a pretrained encoder starts fine-tuning. Parameters the checkpoint
+    how a pretrained encoder starts fine-tuning. ``config_overrides`` replace
+    entries of config.json (e.g. the dropout probabilities). Parameters the checkpoint
     lacks (a new task head, the heads of a bare BertModel) keep their fresh
     initialization and are logged; ``model.load_report`` lists what was
     loaded, missing and left unused. A shape that does not match the config
@@ -126,7 +127,7 @@ def from_pretrained(path, seed=0, task=None, **task_options):
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     with open(os.path.join(path, "config.json")) as f:
-        hf_config = json.load(f)
+        hf_config = {**json.load(f), **(config_overrides or {})}
     model_type = hf_config.get("model_type")
     architecture = (hf_config.get("architectures") or [None])[0]
     by_architecture = {cls.ARCHITECTURE: cls for cls in TASKS.values()}

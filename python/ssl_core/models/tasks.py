@@ -102,7 +102,7 @@ class BertForSequenceClassification(_BertTask):
             dh = np.zeros_like(h)
             dh[:, 0] = self.pooler.backward(dpooled * (1 - pooled * pooled))
             self._backward_encoder(dh)
-        return loss, {**stats, "logits": logits}
+        return loss, stats
 
 
 class BertForTokenClassification(_BertTask):

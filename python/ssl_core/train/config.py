@@ -16,7 +16,7 @@ MODELS = ("bert", "gpt")
 SIZES = ("tiny", "mini", "small", "base")
 
 # Settings a resumed run may change without changing its weights.
-RESUMABLE_CHANGES = frozenset({"steps", "threads", "log_every", "eval_every", "eval_batches", "save_every",
+RESUMABLE_CHANGES = frozenset({"steps", "epochs", "threads", "log_every", "eval_every", "eval_batches", "save_every",
                                "keep_checkpoints", "cache_dir", "out"})
 
 
@@ -62,6 +62,8 @@ class RunConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("eval_every", "save_every", "seed") + (("warmup_steps",) if self.steps is not None else ()):
+            if name.endswith("_every") and getattr(self, name) is None:
+                continue  # a run kind that resolves it later (fine-tuning: once per epoch)
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.steps is not None and self.warmup_steps >= self.steps and self.schedule != "constant":
@@ -149,9 +151,9 @@ class PretrainConfig(RunConfig):
                              span_p=self.span_p, max_span=self.max_span)
 
 
-def load_toml(path):
-    """Settings from a TOML file: a flat table of PretrainConfig's fields
-    (dashes or underscores), optionally under a [pretrain] table."""
+def load_toml(path, table="pretrain"):
+    """Settings from a TOML file: a flat table of a config's fields (dashes or
+    underscores), optionally under a [pretrain] / [finetune] table."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -163,7 +165,7 @@ def load_toml(path):
         raise ValueError(f"config: no such file {path}") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"config: {path} is not valid TOML ({error})") from None
-    values = values.get("pretrain", values)
+    values = values.get(table, values)
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 

@@ -1,0 +1,206 @@
+"""A fine-tuning run: a task file -> encoded examples -> a BERT task model
+(from a pretrained checkpoint, ours or a Hugging Face one, or from scratch),
+trained by the shared loop (train.loop) and evaluated with the task's
+metrics on an evaluation file.
+
+Tasks: "classify" (single texts) and "pair" (sentence pairs) read labelled
+texts (CSV/TSV/JSON Lines; a regression when the labels are fractional
+numbers or ``regression`` is set), "tokens" reads tagged sentences (CoNLL,
+CoNLL-U). The labels are those of the training file, sorted, and are saved
+with the model (config.json id2label).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ssl_core.data.task_data import IGNORE, TaskBatches, collate, encode_labelled, encode_tagged
+from ssl_core.data.task_files import read_labelled_texts, read_tagged_sentences
+from ssl_core.data.tokenizer import load_tokenizer
+from ssl_core.models import BertConfig, from_pretrained
+from ssl_core.models.tasks import TASKS
+from ssl_core.tasks import metrics
+from ssl_core.train.config import SIZES, RunConfig, _one_of
+from ssl_core.train.loop import TrainingRun
+
+FINETUNE_TASKS = ("classify", "pair", "tokens")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(RunConfig):
+    """A fine-tuning run (ssl-core finetune)."""
+
+    WARMUP_SHARE = 0.1
+
+    task: str = "classify"  # classify, pair or tokens
+    train: str = None  # the training file
+    eval: str = None  # the evaluation file (None: no evaluation)
+    init: str = None  # a model folder to start from, or "none" (random weights, needs size and tokenizer)
+    size: str = "mini"  # with init "none": the BERT preset
+    tokenizer: str = None  # with init "none": tokenizer.json, vocab.txt or a folder
+    text_column: str = "text"
+    text_b_column: str = "text_b"  # pair: the second text
+    label_column: str = "label"
+    tag_column: int = None  # tokens: the tag column (default: the last; CoNLL-U: 3, UPOS)
+    regression: bool = None  # classify/pair: labels are values (default: when they are fractional numbers)
+    epochs: int = 3  # when steps is not given
+    skip_bad: bool = None  # skip bad records (counted) instead of stopping at the first
+    steps: int = None  # None: epochs x the steps of one epoch
+    lr: float = 5e-5
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    dropout: float = None  # None: the model's own
+    eval_every: int = None  # None: once per epoch
+    eval_batches: int = 1000
+    save_every: int = None  # None: once per epoch
+    out: str = "runs/finetune"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("task", self.task, FINETUNE_TASKS)
+        _one_of("size", self.size, SIZES)
+        if not self.train:
+            raise ValueError("train: a training file is needed")
+        if not self.init:
+            raise ValueError("init: a model folder to start from is needed, or 'none' for random weights")
+        if self.init == "none" and not self.tokenizer:
+            raise ValueError("init 'none' needs a tokenizer (tokenizer.json, vocab.txt or a model folder)")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+
+
+class FineTuning(TrainingRun):
+    """One fine-tuning run of ``config``; ``resume``, ``progress`` and
+    ``echo`` as for Pretraining."""
+
+    DESCRIPTION = "fine-tuning"
+
+    def __init__(self, config: FinetuneConfig, resume=False, progress=True, echo=print):
+        checkpoint = self._open(config, resume, progress, echo)
+        c = config
+        self.tokenizer = load_tokenizer(checkpoint or (c.tokenizer if c.init == "none" else c.init), kind="wordpiece")
+        train, self.labels = self._read(c.train, labels=None)
+        self.data = TaskBatches(train, c.batch_size, self.tokenizer.pad_id, seed=c.seed)
+        self.valid = self._read(c.eval, self.labels)[0] if c.eval else []
+        per_epoch = math.ceil(self.data.batches_per_epoch() / c.accumulation_steps)
+        resolved = {"steps": c.steps or c.epochs * per_epoch, "eval_every": c.eval_every,
+                    "save_every": c.save_every}
+        resolved = {k: per_epoch if v is None else v for k, v in resolved.items()}
+        self.config = c.replace(**resolved)
+        if not checkpoint:
+            self.model = self._new_model()
+        self._start(checkpoint)
+
+    def _read(self, path, labels):
+        """(examples, labels): the encoded examples of a file; labels are
+        discovered from the training file (labels=None)."""
+        c = self.config
+        if c.task == "tokens":
+            data = read_tagged_sentences(path, c.tag_column, skip_bad=bool(c.skip_bad))
+            labels = labels if labels is not None else sorted({t for tags in data.tags for t in tags})
+            examples, skipped, cut = encode_tagged(self.tokenizer, data, {x: i for i, x in enumerate(labels)},
+                                                   c.seq_len, path, bool(c.skip_bad))
+            if cut:
+                self.echo(f"{path}: {cut} words beyond {c.seq_len} tokens are not scored")
+        else:
+            data = read_labelled_texts(path, c.text_column, c.text_b_column if c.task == "pair" else None,
+                                       c.label_column, c.regression, skip_bad=bool(c.skip_bad))
+            if c.task == "pair" and data.texts_b is None:
+                raise ValueError(f"{path}: a pair task needs a {c.text_b_column!r} column")
+            regression = isinstance(data.labels[0], float)
+            if labels is None:
+                labels = [] if regression else sorted(set(data.labels))
+            ids = None if regression else {x: i for i, x in enumerate(labels)}
+            examples, skipped = encode_labelled(self.tokenizer, data, ids, c.seq_len, path, bool(c.skip_bad))
+        if data.skipped + skipped:
+            self.echo(f"{path}: {data.skipped + skipped} bad records skipped")
+        return examples, labels
+
+    def _new_model(self):
+        c = self.config
+        task = TASKS[c.task]
+        options = {"labels": self.labels or 1}
+        if c.task != "tokens":
+            options["problem_type"] = "regression" if not self.labels else "single_label_classification"
+        overrides = {} if c.dropout is None else {"hidden_dropout_prob": c.dropout,
+                                                  "attention_probs_dropout_prob": c.dropout}
+        if c.init == "none":
+            config = BertConfig.preset(c.size, vocab_size=self.tokenizer.vocab_size, pad_token_id=self.tokenizer.pad_id,
+                                       **overrides)
+            return task(config, seed=c.seed, **options)
+        model = from_pretrained(c.init, seed=c.seed, task=c.task, config_overrides=overrides, **options)
+        if model.config.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"init: the model's vocabulary ({model.config.vocab_size}) is smaller than its "
+                             f"tokenizer's ({self.tokenizer.vocab_size})")
+        return model
+
+    def label_counts(self, batches):
+        if self.config.task == "tokens":
+            return {"token_count": max(sum(int((b["labels"] != IGNORE).sum()) for b in batches), 1)}
+        return {"sequence_count": sum(len(b["input_ids"]) for b in batches)}
+
+    def validate(self):
+        """Loss and the task's metrics on the evaluation file."""
+        if not self.valid:
+            return {}
+        c = self.config
+        self.model.eval()
+        truths, predictions, losses = [], [], []
+        for first in range(0, min(len(self.valid), c.eval_batches * c.batch_size), c.batch_size):
+            batch = collate(self.valid[first:first + c.batch_size], self.tokenizer.pad_id)
+            logits = self.model.logits(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+            _collect(c.task, self.labels, batch, logits.astype(np.float64), truths, predictions, losses)
+        self.model.train()
+        return _task_metrics(c.task, self.labels, truths, predictions, losses)
+
+
+def _collect(task, labels, batch, logits, truths, predictions, losses):
+    """Per-example truths and predictions (words' tags for "tokens"), and
+    per-target losses, of one evaluation batch."""
+    if task == "tokens":
+        log_p = logits - _log_sum_exp(logits)
+        for row, starts in enumerate(batch["word_starts"]):
+            gold = batch["labels"][row, starts]
+            truths.append([labels[i] for i in gold])
+            predictions.append([labels[i] for i in logits[row, starts].argmax(axis=1)])
+            losses.extend(-log_p[row, starts, gold])
+    elif not labels:  # regression
+        truths.extend(batch["labels"].astype(np.float64))
+        predictions.extend(logits[:, 0])
+        losses.extend((logits[:, 0] - batch["labels"]) ** 2)
+    else:
+        log_p = logits - _log_sum_exp(logits)
+        truths.extend(batch["labels"])
+        predictions.extend(logits.argmax(axis=1))
+        losses.extend(-log_p[np.arange(len(logits)), batch["labels"]])
+
+
+def _task_metrics(task, labels, truths, predictions, losses):
+    scores = {"loss": float(np.mean(losses))}
+    if task == "tokens":
+        scores["token_accuracy"] = metrics.token_accuracy(truths, predictions)
+        scheme = _tagging_scheme(labels)
+        if scheme:
+            scores.update({f"entity_{k}": v for k, v in metrics.entity_scores(truths, predictions, scheme).items()})
+    elif not labels:
+        scores.update(pearson=metrics.pearson(truths, predictions), spearman=metrics.spearman(truths, predictions))
+    else:
+        scores.update(accuracy=metrics.accuracy(truths, predictions), macro_f1=metrics.macro_f1(truths, predictions),
+                      mcc=metrics.matthews_corrcoef(truths, predictions))
+    return scores
+
+
+def _tagging_scheme(tags):
+    """"BIOES", "BIO" or None (plain tags such as parts of speech)."""
+    prefixes = {t.partition("-")[0] for t in tags if t != "O"}
+    if not prefixes or any("-" not in t for t in tags if t != "O"):
+        return None
+    if prefixes <= {"B", "I"}:
+        return "BIO"
+    return "BIOES" if prefixes <= {"B", "I", "E", "S"} else None
+
+
+def _log_sum_exp(x):
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))

