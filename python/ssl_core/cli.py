@@ -58,8 +58,9 @@ _PRETRAIN_ONLY = {
     "valid_every_document": "hold out every k-th document for validation",
 }
 _FINETUNE_ONLY = {
-    "task": "classify (single texts), pair (sentence pairs) or tokens (a tag per word)",
-    "train": "the training file: CSV/TSV with a header or JSON Lines (classify, pair), CoNLL or CoNLL-U (tokens)",
+    "task": "classify (single texts), pair (sentence pairs), tokens (a tag per word) or qa (SQuAD answers)",
+    "train": "the training file: CSV/TSV with a header or JSON Lines (classify, pair), CoNLL or CoNLL-U (tokens), "
+             "SQuAD JSON (qa)",
     "eval": "the evaluation file, in the training file's format",
     "init": "a model folder to start from (ours or Hugging Face's), or none for random weights",
     "size": "with --init none: tiny, mini, small or base",
@@ -69,6 +70,9 @@ _FINETUNE_ONLY = {
     "label_column": "the column of the label",
     "tag_column": "tokens: the column of the tags, from 0 (default: the last; CoNLL-U: 3, UPOS)",
     "regression": "classify/pair: the labels are values to predict (default: when they are fractional numbers)",
+    "doc_overlap": "qa: context tokens shared by consecutive windows of a long context",
+    "max_answer_tokens": "qa: the longest answer, in tokens, that is predicted",
+    "no_answer": "qa: questions may have no answer (SQuAD 2.0; default: when the training file has some)",
     "epochs": "passes over the training file (when --steps is not given)",
     "skip_bad": "skip bad records, counting them, instead of stopping at the first",
 }
@@ -122,7 +126,8 @@ def _add_finetune_parser(commands):
 
     parser = _add_run_parser(commands, "finetune", "fine-tune a BERT model on a downstream task",
                              "Fine-tune a BERT model (ours, a Hugging Face one, or random weights) on sequence "
-                             "classification, sentence-pair classification or token classification.")
+                             "classification, sentence-pair classification, token classification or extractive "
+                             "question answering.")
     choices = {"task": FINETUNE_TASKS, "size": SIZES, "schedule": ("constant", "linear", "cosine"),
                "on_nonfinite": ("stop", "skip")}
     _add_config_options(parser, FinetuneConfig, FINETUNE_HELP, choices)

@@ -115,7 +115,8 @@ class TaskBatches:
 
 def collate(examples, pad_id):
     """Pad a list of examples into one batch: input_ids, token_type_ids,
-    attention_mask (B, T), labels (B,) or (B, T) with -100 in the padding."""
+    attention_mask (B, T), and labels (B,) or (B, T) with -100 in the padding,
+    or start_positions and end_positions (B,) (with the window examples)."""
     T = -(-max(len(e["input_ids"]) for e in examples) // 8) * 8
     B = len(examples)
     ids = np.full((B, T), pad_id, np.int64)
@@ -125,6 +126,11 @@ def collate(examples, pad_id):
         n = len(e["input_ids"])
         ids[row, :n], types[row, :n], mask[row, :n] = e["input_ids"], e["token_type_ids"], 1
     batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if "start_positions" in examples[0]:  # question answering
+        for key in ("start_positions", "end_positions"):
+            batch[key] = np.asarray([e[key] for e in examples], np.int64)
+        batch["windows"] = examples
+        return batch
     first = examples[0]["labels"]
     if np.ndim(first) == 1:  # per-token labels
         labels = np.full((B, T), IGNORE, np.int64)

@@ -6,8 +6,10 @@ metrics on an evaluation file.
 Tasks: "classify" (single texts) and "pair" (sentence pairs) read labelled
 texts (CSV/TSV/JSON Lines; a regression when the labels are fractional
 numbers or ``regression`` is set), "tokens" reads tagged sentences (CoNLL,
-CoNLL-U). The labels are those of the training file, sorted, and are saved
-with the model (config.json id2label).
+CoNLL-U), "qa" reads SQuAD 1.1 / 2.0 JSON (extractive question answering,
+see data.qa for the windows and the answer search). The labels are those of
+the training file, sorted, and are saved with the model (config.json
+id2label).
 """
 
 import dataclasses
@@ -15,8 +17,9 @@ import math
 
 import numpy as np
 
+from ssl_core.data.qa import best_answers, encode_squad
 from ssl_core.data.task_data import IGNORE, TaskBatches, collate, encode_labelled, encode_tagged
-from ssl_core.data.task_files import read_labelled_texts, read_tagged_sentences
+from ssl_core.data.task_files import read_labelled_texts, read_squad, read_tagged_sentences
 from ssl_core.data.tokenizer import load_tokenizer
 from ssl_core.models import BertConfig, from_pretrained
 from ssl_core.models.tasks import TASKS
@@ -24,7 +27,7 @@ from ssl_core.tasks import metrics
 from ssl_core.train.config import SIZES, RunConfig, _one_of
 from ssl_core.train.loop import TrainingRun
 
-FINETUNE_TASKS = ("classify", "pair", "tokens")
+FINETUNE_TASKS = ("classify", "pair", "tokens", "qa")
 
 
 @dataclasses.dataclass
@@ -33,7 +36,7 @@ class FinetuneConfig(RunConfig):
 
     WARMUP_SHARE = 0.1
 
-    task: str = "classify"  # classify, pair or tokens
+    task: str = "classify"  # classify, pair, tokens or qa
     train: str = None  # the training file
     eval: str = None  # the evaluation file (None: no evaluation)
     init: str = None  # a model folder to start from, or "none" (random weights, needs size and tokenizer)
@@ -44,6 +47,9 @@ class FinetuneConfig(RunConfig):
     label_column: str = "label"
     tag_column: int = None  # tokens: the tag column (default: the last; CoNLL-U: 3, UPOS)
     regression: bool = None  # classify/pair: labels are values (default: when they are fractional numbers)
+    doc_overlap: int = 64  # qa: context tokens shared by consecutive windows of a long context
+    max_answer_tokens: int = 30  # qa: the longest answer predicted
+    no_answer: bool = None  # qa: a question may have no answer (SQuAD 2.0; default: when the training file has some)
     epochs: int = 3  # when steps is not given
     skip_bad: bool = None  # skip bad records (counted) instead of stopping at the first
     steps: int = None  # None: epochs x the steps of one epoch
@@ -96,6 +102,15 @@ class FineTuning(TrainingRun):
         """(examples, labels): the encoded examples of a file; labels are
         discovered from the training file (labels=None)."""
         c = self.config
+        if c.task == "qa":
+            data = read_squad(path, skip_bad=bool(c.skip_bad))
+            if labels is None:  # the training file
+                self.no_answer = c.no_answer if c.no_answer is not None else any(not a for a in data.answers)
+            else:
+                self.questions = data
+            if data.skipped:
+                self.echo(f"{path}: {data.skipped} bad questions skipped")
+            return encode_squad(self.tokenizer, data, c.seq_len, c.doc_overlap), []
         if c.task == "tokens":
             data = read_tagged_sentences(path, c.tag_column, skip_bad=bool(c.skip_bad))
             labels = labels if labels is not None else sorted({t for tags in data.tags for t in tags})
@@ -120,8 +135,8 @@ class FineTuning(TrainingRun):
     def _new_model(self):
         c = self.config
         task = TASKS[c.task]
-        options = {"labels": self.labels or 1}
-        if c.task != "tokens":
+        options = {} if c.task == "qa" else {"labels": self.labels or 1}
+        if c.task in ("classify", "pair"):
             options["problem_type"] = "regression" if not self.labels else "single_label_classification"
         overrides = {} if c.dropout is None else {"hidden_dropout_prob": c.dropout,
                                                   "attention_probs_dropout_prob": c.dropout}
@@ -136,6 +151,8 @@ class FineTuning(TrainingRun):
         return model
 
     def label_counts(self, batches):
+        if self.config.task == "qa":
+            return {"sequence_count": sum(len(b["input_ids"]) for b in batches)}
         if self.config.task == "tokens":
             return {"token_count": max(sum(int((b["labels"] != IGNORE).sum()) for b in batches), 1)}
         return {"sequence_count": sum(len(b["input_ids"]) for b in batches)}
@@ -145,6 +162,8 @@ class FineTuning(TrainingRun):
         if not self.valid:
             return {}
         c = self.config
+        if c.task == "qa":
+            return self._validate_qa()
         self.model.eval()
         truths, predictions, losses = [], [], []
         for first in range(0, min(len(self.valid), c.eval_batches * c.batch_size), c.batch_size):
@@ -153,6 +172,30 @@ class FineTuning(TrainingRun):
             _collect(c.task, self.labels, batch, logits.astype(np.float64), truths, predictions, losses)
         self.model.train()
         return _task_metrics(c.task, self.labels, truths, predictions, losses)
+
+    def _validate_qa(self):
+        """Loss over the windows, and SQuAD exact match / F1 of the answers
+        found across each question's windows (all questions are scored)."""
+        c = self.config
+        self.model.eval()
+        starts, ends, losses = [], [], []
+        for first in range(0, len(self.valid), c.batch_size):
+            batch = collate(self.valid[first:first + c.batch_size], self.tokenizer.pad_id)
+            start, end = (x.astype(np.float64) for x in self.model.logits(
+                batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]))
+            for logits, key in ((start, "start_positions"), (end, "end_positions")):
+                log_p = logits - _log_sum_exp(logits)
+                losses.extend(-log_p[np.arange(len(logits)), batch[key]] / 2)
+            n = [len(w["input_ids"]) for w in batch["windows"]]
+            starts += [s[:k] for s, k in zip(start, n)]
+            ends += [e[:k] for e, k in zip(end, n)]
+        self.model.train()
+        questions = self.questions
+        predicted = best_answers(self.valid, starts, ends, questions.contexts, c.max_answer_tokens,
+                                 allow_no_answer=self.no_answer)
+        gold = [[text for text, _ in answers] for answers in questions.answers]
+        windows = len(self.valid)
+        return {"loss": float(np.sum(losses) / windows), **metrics.squad_scores(predicted, gold)}
 
 
 def _collect(task, labels, batch, logits, truths, predictions, losses):
