@@ -170,6 +170,18 @@ def test_cli_fine_tunes_and_reports_bad_files(init, sentiment, tmp_path, capsys)
     assert cli_main(base + ["--eval", dev, "--out", str(out)]) == 0
     assert "accuracy" in capsys.readouterr().out and (out / "model.safetensors").exists()
 
+    # ssl-core evaluate reproduces the run's final validation from the saved model.
+    final = [r for r in MetricsLog(str(out / "log.jsonl")).records() if r["split"] == "valid"][-1]
+    assert cli_main(["evaluate", "--model", str(out), "--task", "classify", "--file", dev,
+                     "--out", str(tmp_path / "metrics.json")]) == 0
+    capsys.readouterr()
+    scores = json.loads((tmp_path / "metrics.json").read_text())
+    assert scores.keys() == {"loss", "accuracy", "macro_f1", "mcc"}
+    for key, value in scores.items():
+        assert value == pytest.approx(final[key], abs=1e-6), key
+    assert cli_main(["evaluate", "--model", str(out), "--task", "tokens", "--file", dev]) == 2
+    assert "holds a BertForSequenceClassification, not a model for task 'tokens'" in capsys.readouterr().err
+
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("text,label\nA fine film,positive\nMeh,mixed\n")
     assert cli_main(base + ["--eval", str(unknown), "--out", str(tmp_path / "o2")]) == 2

@@ -1,4 +1,4 @@
-"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune`` and ``embed``."""
+"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune``, ``evaluate`` and ``embed``."""
 
 import argparse
 import dataclasses
@@ -191,6 +191,45 @@ def _train(args, name, kind, run_class):
     return 0
 
 
+def _add_evaluate_parser(commands):
+    from ssl_core.train.finetune import FINETUNE_TASKS
+
+    parser = commands.add_parser("evaluate", help="a fine-tuned model's metrics on a labelled file",
+                                 description="Run a fine-tuned model folder on a labelled file of its task and print "
+                                 "(or write) the metrics its fine-tuning reports.")
+    parser.add_argument("--model", required=True, help="the fine-tuned model folder")
+    parser.add_argument("--task", required=True, choices=FINETUNE_TASKS, help="the model's task")
+    parser.add_argument("--file", required=True, help="the labelled file, in the task's format")
+    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    for name in ("seq_len", "batch_size", "text_column", "text_b_column", "label_column", "tag_column",
+                 "doc_overlap", "max_answer_tokens"):
+        kind = int if name in ("seq_len", "batch_size", "tag_column", "doc_overlap", "max_answer_tokens") else str
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
+                            help=FINETUNE_HELP.get(name, RUN_HELP.get(name)))
+    for name in ("no_answer", "skip_bad"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
+                            default=argparse.SUPPRESS, help=FINETUNE_HELP[name])
+
+
+def evaluate(args):
+    from ssl_core.data import CorpusError
+    from ssl_core.train.finetune import Evaluation
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "model", "task", "file", "out")}
+    try:
+        metrics = Evaluation(args.model, args.task, args.file, **settings).run()
+    except (ValueError, CorpusError, FileNotFoundError) as error:
+        print(f"ssl-core evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if args.out:
+        import json
+
+        with open(args.out, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
 def _add_embed_parser(commands):
     parser = commands.add_parser(
         "embed", help="sentence embeddings and their cosine similarities",
@@ -240,6 +279,7 @@ def main(argv=None) -> int:
     commands.add_parser("info", help="show the build and runtime configuration")
     _add_pretrain_parser(commands)
     _add_finetune_parser(commands)
+    _add_evaluate_parser(commands)
     _add_embed_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -247,6 +287,8 @@ def main(argv=None) -> int:
         return 0
     if args.command == "embed":
         return embed(args)
+    if args.command == "evaluate":
+        return evaluate(args)
     if args.command == "pretrain":
         from ssl_core.train import PretrainConfig, Pretraining
         return _train(args, "pretrain", PretrainConfig, Pretraining)

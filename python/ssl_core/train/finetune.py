@@ -247,3 +247,28 @@ def _tagging_scheme(tags):
 def _log_sum_exp(x):
     top = x.max(axis=-1, keepdims=True)
     return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+class Evaluation(FineTuning):
+    """The metrics of a fine-tuned model folder on a labelled file of its
+    task (``ssl-core evaluate``), computed as a fine-tuning run validates:
+    ``Evaluation(model_dir, task, path, **settings).run()``. ``settings`` are
+    FinetuneConfig fields (seq_len, batch_size, columns, skip_bad, ...)."""
+
+    def __init__(self, model_dir, task, path, echo=print, **settings):
+        self.echo = echo
+        self.config = FinetuneConfig(task=task, train=path, eval=path, init=model_dir, **settings)
+        self.model = from_pretrained(model_dir).eval()
+        if not isinstance(self.model, TASKS[task]):
+            raise ValueError(f"{model_dir} holds a {type(self.model).__name__}, not a model for task {task!r} "
+                             f"({TASKS[task].__name__})")
+        self.tokenizer = load_tokenizer(model_dir, kind="wordpiece")
+        regression = getattr(self.model, "problem_type", None) == "regression"
+        if regression:
+            self.config = self.config.replace(regression=True)
+        self.labels = [] if task == "qa" or regression else self.model.labels
+        self.no_answer = bool(settings.get("no_answer"))
+        self.valid = self._read(path, self.labels)[0]
+
+    def run(self):
+        return self.validate()
