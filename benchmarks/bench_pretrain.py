@@ -17,14 +17,13 @@ Target (issue 6): report the tokens/s of both; no ratio was asked for.
 
 import statistics
 import tempfile
-import time
 
 import numpy as np
 
-import ssl_core
 
 from benchmarks.bench_train import model_flops
 from benchmarks.common import Result, compare, matmul_flops
+from benchmarks.loops import step_times, trainer_step_times
 
 OP = "pretrain loop (mlm+nsp)"
 
@@ -43,14 +42,16 @@ def run(torch, copy_bps, repeats, size="mini", seq_len=128, batch_size=32, steps
                                 corpus=corpus, lr=1e-3, warmup_steps=1)
         ours = Pretraining(config, progress=False, echo=lambda message: None)
         batches = [ours.data.batch(0, i) for i in range(steps)]  # what our loop will draw, in order
-        ours.run = _timed(ours)
-        times = ours.run()
+        times = step_times(ours)
     shape = f"{size} B{batch_size} T<={seq_len}"
     flops = float(np.mean([model_flops("bert", b, ours.model.config) for b in batches[warmup:]]))
     tokens = float(np.mean([b["attention_mask"].sum() for b in batches[warmup:]]))
     results.append(_row(shape, "ssl_core", "ssl-core pretrain", times[warmup:], flops, tokens, peak))
     if torch is not None:
-        times = _trainer_step_times(torch, ours.model.config, batches, config)
+        import transformers
+
+        model = transformers.BertForPreTraining(transformers.BertConfig(**ours.model.config.to_hf()))
+        times = trainer_step_times(torch, model, batches, config)
         results.append(_row(shape, "torch", "HF Trainer", times[warmup:], flops, tokens, peak))
         compare(results, OP, "ssl_core/ssl-core pretrain", "torch/HF Trainer")
     return results
@@ -61,48 +62,3 @@ def _row(shape, impl, variant, seconds, flops, tokens, peak):
     row = Result(OP, shape, impl, variant, ms, 0, flops / peak * 1e3, flops=flops)
     row.note = f"{tokens / ms * 1e3:,.0f} tokens/s"
     return row
-
-
-def _timed(run):
-    """run.run replaced by a loop that returns the time of every step."""
-    original = run._train_step
-    ends = []
-
-    def train_step(step):
-        record = original(step)
-        ends.append(time.perf_counter())
-        return record
-
-    def timed_run():
-        start = time.perf_counter()
-        run._train_step = train_step
-        run.__class__.run(run)
-        return list(np.diff([start] + ends))
-
-    return timed_run
-
-
-def _trainer_step_times(torch, config, batches, settings):
-    import transformers
-
-    model = transformers.BertForPreTraining(transformers.BertConfig(**config.to_hf()))
-    tensors = [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()} for b in batches]
-    ends = []
-
-    class StepTimer(transformers.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as out:
-        args = transformers.TrainingArguments(
-            output_dir=out, per_device_train_batch_size=1, max_steps=len(batches), learning_rate=settings.lr,
-            warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay, adam_beta1=settings.beta1,
-            adam_beta2=settings.beta2, adam_epsilon=settings.adam_eps, max_grad_norm=settings.max_grad_norm,
-            lr_scheduler_type="linear", logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
-            dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False, seed=settings.seed)
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=tensors,
-                                       data_collator=lambda items: items[0], callbacks=[StepTimer()])
-        torch.set_num_threads(ssl_core.get_num_threads())
-        start = time.perf_counter()
-        trainer.train()
-    return list(np.diff([start] + ends))

