@@ -129,6 +129,17 @@ def test_named_entities_from_conll(init, tmp_path):
     assert metrics["loss"] < before["loss"] and metrics["token_accuracy"] > 0.9 and metrics["entity_f1"] > 0.7
     assert type(from_pretrained(str(tmp_path / "out"))).__name__ == "BertForTokenClassification"
 
+    # Predictions on the words alone, mapped back to words, score the reported token accuracy.
+    words_only = tmp_path / "words.conll"
+    words_only.write_text("\n".join(line.split()[0] if line.strip() else "" for line in CONLL.splitlines()) + "\n")
+    out = tmp_path / "predicted.conll"
+    assert cli_main(["predict", "--model", str(tmp_path / "out"), "--task", "tokens", "--file", str(words_only),
+                     "--out", str(out)]) == 0
+    predicted = [line.split("\t") for line in out.read_text().splitlines() if line]
+    gold = [line.split() for line in CONLL.splitlines()[2:] if line.strip()]
+    assert [w for w, _ in predicted] == [w for w, _ in gold]
+    assert np.mean([p == g for (_, p), (_, g) in zip(predicted, gold)]) == pytest.approx(metrics["token_accuracy"])
+
 
 def test_from_random_weights_with_a_tokenizer(init, sentiment, tmp_path):
     train, dev = sentiment
@@ -181,6 +192,22 @@ def test_cli_fine_tunes_and_reports_bad_files(init, sentiment, tmp_path, capsys)
         assert value == pytest.approx(final[key], abs=1e-6), key
     assert cli_main(["evaluate", "--model", str(out), "--task", "tokens", "--file", dev]) == 2
     assert "holds a BertForSequenceClassification, not a model for task 'tokens'" in capsys.readouterr().err
+
+    # ssl-core predict: labels not needed; its predictions score what evaluate reports.
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    with open(dev) as f:
+        dev_rows = list(csv.DictReader(f))
+    unlabelled.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in dev_rows))
+    predictions_path = tmp_path / "predictions.jsonl"
+    assert cli_main(["predict", "--model", str(out), "--task", "classify", "--file", str(unlabelled),
+                     "--out", str(predictions_path)]) == 0
+    assert f"{len(dev_rows)} predictions written" in capsys.readouterr().out
+    predictions = [json.loads(line) for line in predictions_path.read_text().splitlines()]
+    assert [p["text"] for p in predictions] == [r["text"] for r in dev_rows]
+    for p in predictions:
+        assert p["label"] == max(p["scores"], key=p["scores"].get) and sum(p["scores"].values()) == pytest.approx(1)
+    hits = np.mean([p["label"] == r["label"] for p, r in zip(predictions, dev_rows)])
+    assert hits == pytest.approx(scores["accuracy"], abs=1e-12)
 
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("text,label\nA fine film,positive\nMeh,mixed\n")

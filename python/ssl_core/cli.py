@@ -1,4 +1,4 @@
-"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune``, ``evaluate`` and ``embed``."""
+"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune``, ``evaluate``, ``predict`` and ``embed``."""
 
 import argparse
 import dataclasses
@@ -191,16 +191,24 @@ def _train(args, name, kind, run_class):
     return 0
 
 
-def _add_evaluate_parser(commands):
+def _add_evaluate_parser(commands, name="evaluate"):
     from ssl_core.train.finetune import FINETUNE_TASKS
 
-    parser = commands.add_parser("evaluate", help="a fine-tuned model's metrics on a labelled file",
-                                 description="Run a fine-tuned model folder on a labelled file of its task and print "
-                                 "(or write) the metrics its fine-tuning reports.")
+    if name == "evaluate":
+        parser = commands.add_parser("evaluate", help="a fine-tuned model's metrics on a labelled file",
+                                     description="Run a fine-tuned model folder on a labelled file of its task and "
+                                     "print (or write) the metrics its fine-tuning reports.")
+        parser.add_argument("--out", help="also write the metrics to this JSON file")
+    else:
+        parser = commands.add_parser("predict", help="a fine-tuned model's predictions on a file",
+                                     description="Run a fine-tuned model folder on a file of its task (labels not "
+                                     "needed) and write its predictions: JSON Lines (classify, pair: the texts with "
+                                     "label and class probabilities, or value), CoNLL (tokens: word and tag), or "
+                                     "SQuAD's prediction JSON (qa: question id to answer).")
+        parser.add_argument("--out", required=True, help="where to write the predictions")
     parser.add_argument("--model", required=True, help="the fine-tuned model folder")
     parser.add_argument("--task", required=True, choices=FINETUNE_TASKS, help="the model's task")
-    parser.add_argument("--file", required=True, help="the labelled file, in the task's format")
-    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    parser.add_argument("--file", required=True, help="the file, in the task's format")
     for name in ("seq_len", "batch_size", "text_column", "text_b_column", "label_column", "tag_column",
                  "doc_overlap", "max_answer_tokens"):
         kind = int if name in ("seq_len", "batch_size", "tag_column", "doc_overlap", "max_answer_tokens") else str
@@ -212,21 +220,37 @@ def _add_evaluate_parser(commands):
 
 
 def evaluate(args):
+    """ssl-core evaluate and ssl-core predict."""
+    import json
+
     from ssl_core.data import CorpusError
-    from ssl_core.train.finetune import Evaluation
+    from ssl_core.train.finetune import Evaluation, Prediction
 
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "model", "task", "file", "out")}
     try:
-        metrics = Evaluation(args.model, args.task, args.file, **settings).run()
+        run = (Evaluation if args.command == "evaluate" else Prediction)(args.model, args.task, args.file, **settings)
+        result = run.run()
     except (ValueError, CorpusError, FileNotFoundError) as error:
-        print(f"ssl-core evaluate: error: {error}", file=sys.stderr)
+        print(f"ssl-core {args.command}: error: {error}", file=sys.stderr)
         return 2
-    print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    if args.out:
-        import json
-
-        with open(args.out, "w") as f:
-            json.dump(metrics, f, indent=2)
+    if args.command == "evaluate":
+        print(", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        if args.task == "qa":
+            json.dump(result, f, indent=2, ensure_ascii=False)
+        elif args.task == "tokens":
+            f.write("\n".join("".join(f"{w}\t{t or '_'}\n" for w, t in zip(words, tags))
+                              for words, tags in zip(run.records.words, result)))
+        else:
+            texts_b = run.records.texts_b or [None] * len(result)
+            for text, text_b, prediction in zip(run.records.texts, texts_b, result):
+                record = {"text": text, **({"text_b": text_b} if text_b is not None else {}), **prediction}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"{len(result)} predictions written to {args.out}")
     return 0
 
 
@@ -280,6 +304,7 @@ def main(argv=None) -> int:
     _add_pretrain_parser(commands)
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
+    _add_evaluate_parser(commands, "predict")
     _add_embed_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -287,7 +312,7 @@ def main(argv=None) -> int:
         return 0
     if args.command == "embed":
         return embed(args)
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "predict"):
         return evaluate(args)
     if args.command == "pretrain":
         from ssl_core.train import PretrainConfig, Pretraining

@@ -22,14 +22,17 @@ IGNORE = -100
 
 def encode_labelled(tokenizer, data, label_ids, seq_len, path="", skip_bad=False):
     """Examples (dicts of arrays) of a LabelledTexts. ``label_ids``: {name: id}
-    of the classes, or None for a regression. Returns (examples, skipped)."""
+    of the classes, or None for a regression; unlabelled texts (label None,
+    for prediction) get label 0. Returns (examples, skipped)."""
     backend = tokenizer.backend
     backend.no_padding()
     backend.enable_truncation(seq_len, strategy="longest_first")
     inputs = data.texts if data.texts_b is None else list(zip(data.texts, data.texts_b))
     examples, skipped = [], 0
     for encoding, label in zip(backend.encode_batch(inputs), data.labels):
-        if label_ids is not None:
+        if label is None:  # unlabelled, for prediction
+            label = 0
+        elif label_ids is not None:
             if label not in label_ids:
                 if not skip_bad:
                     raise CorpusError(f"{path}: label {label!r} is not one of the training labels "
@@ -43,7 +46,8 @@ def encode_labelled(tokenizer, data, label_ids, seq_len, path="", skip_bad=False
 
 
 def encode_tagged(tokenizer, data, label_ids, seq_len, path="", skip_bad=False):
-    """Examples of a TaggedSentences: ``labels`` on first sub-tokens,
+    """Examples of a TaggedSentences (tags may be None, for prediction):
+    ``labels`` on first sub-tokens,
     ``word_starts`` the token index of each kept word. Returns (examples,
     skipped sentences, words cut by seq_len)."""
     backend = tokenizer.backend
@@ -52,7 +56,7 @@ def encode_tagged(tokenizer, data, label_ids, seq_len, path="", skip_bad=False):
     examples, skipped, cut = [], 0, 0
     for words, tags, encoding in zip(data.words, data.tags,
                                      backend.encode_batch(data.words, is_pretokenized=True)):
-        unknown = [t for t in tags if t not in label_ids]
+        unknown = [t for t in tags if t is not None and t not in label_ids]
         if unknown:
             if not skip_bad:
                 raise CorpusError(f"{path}: tag {unknown[0]!r} is not one of the training tags {sorted(label_ids)}")
@@ -63,7 +67,7 @@ def encode_tagged(tokenizer, data, label_ids, seq_len, path="", skip_bad=False):
         starts = []
         for position, word in enumerate(word_ids):
             if word is not None and (position == 0 or word_ids[position - 1] != word):
-                labels[position] = label_ids[tags[word]]
+                labels[position] = label_ids.get(tags[word], 0)  # untagged (prediction): a placeholder
                 starts.append(position)
         cut += len(words) - len(starts)
         examples.append({"input_ids": np.asarray(encoding.ids, np.int64),

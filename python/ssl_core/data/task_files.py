@@ -47,7 +47,8 @@ class QuestionAnswering:
 def read_labelled_texts(path, text="text", text_b="text_b", label="label", regression=None, skip_bad=False):
     """Texts and labels from a .csv / .tsv file with a header row, or JSON
     Lines (.jsonl / .json). ``text_b`` is used when the file has that column
-    (sentence pairs; None: never). Labels are class names (strings) unless ``regression``;
+    (sentence pairs; None: never). ``label=None`` reads unlabelled texts
+    (labels all None). Labels are class names (strings) unless ``regression``;
     by default a task is a regression when every label is a number and some
     are not whole (STS-B's 3.8, not SST-2's 0 and 1)."""
     records = _records(path)
@@ -58,7 +59,7 @@ def read_labelled_texts(path, text="text", text_b="text_b", label="label", regre
             pair = text_b is not None and text_b in record
         try:
             row = [_field(record, text, where), _field(record, text_b, where) if pair else None,
-                   _field(record, label, where)]
+                   _field(record, label, where) if label is not None else None]
         except CorpusError:
             if not skip_bad:
                 raise
@@ -69,6 +70,8 @@ def read_labelled_texts(path, text="text", text_b="text_b", label="label", regre
         labels.append(row[2])
     if not texts:
         raise CorpusError(f"{path}: no labelled texts" + (f" ({skipped} bad records skipped)" if skipped else ""))
+    if label is None:  # unlabelled texts, for prediction
+        return LabelledTexts(texts, texts_b if pair else None, labels, skipped)
     try:
         numbers = [float(x) for x in labels]
     except ValueError:
@@ -81,12 +84,13 @@ def read_labelled_texts(path, text="text", text_b="text_b", label="label", regre
     return LabelledTexts(texts, texts_b if pair else None, labels, skipped)
 
 
-def read_tagged_sentences(path, tag_column=None, skip_bad=False):
+def read_tagged_sentences(path, tag_column=None, skip_bad=False, tagged=True):
     """Words and tags from CoNLL (whitespace-separated columns, the word first,
     sentences separated by blank lines, -DOCSTART- lines ignored; default tag
     column: the last) or CoNLL-U (.conllu: ten tab-separated columns, comment
     and multi-word lines ignored; default tag column: 3, UPOS). Columns count
-    from 0."""
+    from 0. ``tagged=False`` reads the words alone (tags all None), for
+    prediction."""
     conllu = path.endswith(".conllu")
     column = tag_column if tag_column is not None else (3 if conllu else -1)
     words, tags, skipped = [], [], 0
@@ -107,7 +111,7 @@ def read_tagged_sentences(path, tag_column=None, skip_bad=False):
         try:
             if conllu and len(fields) != 10:
                 raise IndexError
-            word, tag = fields[1 if conllu else 0], fields[column]
+            word, tag = fields[1 if conllu else 0], fields[column] if tagged else None
         except IndexError:
             if not skip_bad:
                 raise CorpusError(f"{path}:{number}: expected a word and a tag in column {column}, got "
@@ -125,10 +129,11 @@ def read_tagged_sentences(path, tag_column=None, skip_bad=False):
     return TaggedSentences(words, tags, skipped)
 
 
-def read_squad(path, skip_bad=False):
+def read_squad(path, skip_bad=False, answered=True):
     """The questions of a SQuAD 1.1 or 2.0 file. Each answer must be found at
     its ``answer_start`` in the context; one that is not is an error naming
-    the question, or is skipped with ``skip_bad``."""
+    the question, or is skipped with ``skip_bad``. ``answered=False`` reads
+    questions without answers (for prediction)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)["data"]
@@ -143,7 +148,7 @@ def read_squad(path, skip_bad=False):
             for qa in paragraph.get("qas", []):
                 answers = [(a["text"], int(a["answer_start"])) for a in qa.get("answers", [])]
                 wrong = [a for a in answers if context[a[1]:a[1] + len(a[0])] != a[0]]
-                if not answers and not qa.get("is_impossible", False):
+                if answered and not answers and not qa.get("is_impossible", False):
                     wrong = [("(no answers)", -1)]
                 if wrong:
                     if not skip_bad:

@@ -81,6 +81,7 @@ class FineTuning(TrainingRun):
     ``echo`` as for Pretraining."""
 
     DESCRIPTION = "fine-tuning"
+    LABELLED = True  # the files read hold labels (Prediction reads files without)
 
     def __init__(self, config: FinetuneConfig, resume=False, progress=True, echo=print):
         checkpoint = self._open(config, resume, progress, echo)
@@ -103,7 +104,7 @@ class FineTuning(TrainingRun):
         discovered from the training file (labels=None)."""
         c = self.config
         if c.task == "qa":
-            data = read_squad(path, skip_bad=bool(c.skip_bad))
+            data = read_squad(path, skip_bad=bool(c.skip_bad), answered=self.LABELLED)
             if labels is None:  # the training file
                 self.no_answer = c.no_answer if c.no_answer is not None else any(not a for a in data.answers)
             else:
@@ -112,7 +113,7 @@ class FineTuning(TrainingRun):
                 self.echo(f"{path}: {data.skipped} bad questions skipped")
             return encode_squad(self.tokenizer, data, c.seq_len, c.doc_overlap), []
         if c.task == "tokens":
-            data = read_tagged_sentences(path, c.tag_column, skip_bad=bool(c.skip_bad))
+            data = read_tagged_sentences(path, c.tag_column, skip_bad=bool(c.skip_bad), tagged=self.LABELLED)
             labels = labels if labels is not None else sorted({t for tags in data.tags for t in tags})
             examples, skipped, cut = encode_tagged(self.tokenizer, data, {x: i for i, x in enumerate(labels)},
                                                    c.seq_len, path, bool(c.skip_bad))
@@ -120,16 +121,18 @@ class FineTuning(TrainingRun):
                 self.echo(f"{path}: {cut} words beyond {c.seq_len} tokens are not scored")
         else:
             data = read_labelled_texts(path, c.text_column, c.text_b_column if c.task == "pair" else None,
-                                       c.label_column, c.regression, skip_bad=bool(c.skip_bad))
+                                       c.label_column if self.LABELLED else None, c.regression,
+                                       skip_bad=bool(c.skip_bad))
             if c.task == "pair" and data.texts_b is None:
                 raise ValueError(f"{path}: a pair task needs a {c.text_b_column!r} column")
-            regression = isinstance(data.labels[0], float)
+            regression = isinstance(data.labels[0], float) or (labels == [] and not self.LABELLED)
             if labels is None:
                 labels = [] if regression else sorted(set(data.labels))
             ids = None if regression else {x: i for i, x in enumerate(labels)}
             examples, skipped = encode_labelled(self.tokenizer, data, ids, c.seq_len, path, bool(c.skip_bad))
         if data.skipped + skipped:
             self.echo(f"{path}: {data.skipped + skipped} bad records skipped")
+        self.records = data  # what was read, for predictions
         return examples, labels
 
     def _new_model(self):
@@ -176,6 +179,12 @@ class FineTuning(TrainingRun):
     def _validate_qa(self):
         """Loss over the windows, and SQuAD exact match / F1 of the answers
         found across each question's windows (all questions are scored)."""
+        predicted, losses = self._answers()
+        gold = [[text for text, _ in answers] for answers in self.questions.answers]
+        return {"loss": float(np.sum(losses) / len(self.valid)), **metrics.squad_scores(predicted, gold)}
+
+    def _answers(self):
+        """(answer per question, loss terms per window) of the evaluation windows."""
         c = self.config
         self.model.eval()
         starts, ends, losses = [], [], []
@@ -187,15 +196,12 @@ class FineTuning(TrainingRun):
                 log_p = logits - _log_sum_exp(logits)
                 losses.extend(-log_p[np.arange(len(logits)), batch[key]] / 2)
             n = [len(w["input_ids"]) for w in batch["windows"]]
-            starts += [s[:k] for s, k in zip(start, n)]
-            ends += [e[:k] for e, k in zip(end, n)]
+            starts += [x[:k] for x, k in zip(start, n)]
+            ends += [x[:k] for x, k in zip(end, n)]
         self.model.train()
-        questions = self.questions
-        predicted = best_answers(self.valid, starts, ends, questions.contexts, c.max_answer_tokens,
-                                 allow_no_answer=self.no_answer)
-        gold = [[text for text, _ in answers] for answers in questions.answers]
-        windows = len(self.valid)
-        return {"loss": float(np.sum(losses) / windows), **metrics.squad_scores(predicted, gold)}
+        answers = best_answers(self.valid, starts, ends, self.questions.contexts, c.max_answer_tokens,
+                               allow_no_answer=self.no_answer)
+        return answers, losses
 
 
 def _collect(task, labels, batch, logits, truths, predictions, losses):
@@ -272,3 +278,36 @@ class Evaluation(FineTuning):
 
     def run(self):
         return self.validate()
+
+
+class Prediction(Evaluation):
+    """Predictions of a fine-tuned model folder on a file of its task,
+    labelled or not (``ssl-core predict``). ``run()`` returns, per record:
+    classify/pair {"label", "scores"} (class probabilities) or {"value"} for
+    a regression; tokens the predicted tag of every word (words past seq_len:
+    None); qa {question id: answer} ("" for no answer)."""
+
+    LABELLED = False
+
+    def run(self):
+        c = self.config
+        if c.task == "qa":
+            return dict(zip(self.questions.ids, self._answers()[0]))
+        self.model.eval()
+        out = []
+        for first in range(0, len(self.valid), c.batch_size):
+            batch = collate(self.valid[first:first + c.batch_size], self.tokenizer.pad_id)
+            logits = self.model.logits(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+            logits = logits.astype(np.float64)
+            if c.task == "tokens":
+                for row, starts in enumerate(batch["word_starts"]):
+                    n_words = len(self.records.words[first + row])
+                    tags = [self.labels[i] for i in logits[row, starts].argmax(axis=1)]
+                    out.append(tags + [None] * (n_words - len(tags)))
+            elif not self.labels:
+                out += [{"value": float(v)} for v in logits[:, 0]]
+            else:
+                probabilities = np.exp(logits - _log_sum_exp(logits))
+                out += [{"label": self.labels[int(p.argmax())],
+                         "scores": {x: float(q) for x, q in zip(self.labels, p)}} for p in probabilities]
+        return out
