@@ -95,6 +95,34 @@ def test_sentence_pairs_and_regression(init, tmp_path):
     assert saved["problem_type"] == "regression" and saved["architectures"] == ["BertForSequenceClassification"]
 
 
+def test_multi_label_topics_from_json_lines(init, tmp_path):
+    topics = {"The striker scored twice in the final.": ["sports"],
+              "The minister resigned after the vote.": ["politics"],
+              "The new phone has a faster chip.": ["tech"],
+              "The team's owner was elected to parliament.": ["politics", "sports"],
+              "Parliament debated the rules for online platforms.": ["politics", "tech"],
+              "The club launched an app for its fans.": ["sports", "tech"],
+              "The coach praised the goalkeeper.": ["sports"],
+              "Voters chose a new mayor on Sunday.": ["politics"],
+              "The laptop's battery lasts all day.": ["tech"]}
+    path = tmp_path / "topics.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in topics.items()))
+    run = FineTuning(settings(tmp_path / "out", task="classify", train=str(path), eval=str(path), init=init,
+                              epochs=15, batch_size=3, lr=3e-4, eval_every=0), progress=False)
+    assert run.labels == ["politics", "sports", "tech"] and run.model.problem_type == "multi_label_classification"
+    before = run.validate()
+    after = run.run()
+    assert set(after) == {"loss", "subset_accuracy", "micro_f1", "macro_f1"}
+    assert after["loss"] < before["loss"] - 0.2 and after["micro_f1"] > 0.8
+    out = tmp_path / "predictions.jsonl"
+    assert cli_main(["predict", "--model", str(tmp_path / "out"), "--task", "classify", "--file", str(path),
+                     "--out", str(out)]) == 0
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    predicted = np.array([[x in p["labels"] for x in run.labels] for p in predictions])
+    truth = np.array([[x in y for x in run.labels] for y in topics.values()])
+    assert (predicted == truth).all(axis=1).mean() == pytest.approx(after["subset_accuracy"])
+
+
 CONLL = """-DOCSTART- O
 
 John B-PER

@@ -5,8 +5,8 @@ documented example (entity F1) and SQuAD's evaluation rules."""
 import numpy as np
 import pytest
 
-from ssl_core.tasks.metrics import (accuracy, entities, entity_scores, macro_f1, matthews_corrcoef, normalize_answer,
-                                    pearson, spearman, squad_scores, token_accuracy)
+from ssl_core.tasks.metrics import (accuracy, entities, entity_scores, macro_f1, matthews_corrcoef, multi_label_scores,
+                                    normalize_answer, pearson, spearman, squad_scores, token_accuracy)
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 stats = pytest.importorskip("scipy.stats")
@@ -22,6 +22,21 @@ def test_classification_metrics_match_scikit_learn(seed, classes, n):
         sklearn_metrics.f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
     assert matthews_corrcoef(y_true, y_pred) == pytest.approx(
         sklearn_metrics.matthews_corrcoef(y_true, y_pred), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multi_label_scores_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y_true = rng.random((40, 5)) < 0.3
+    y_pred = np.where(rng.random((40, 5)) < 0.7, y_true, rng.random((40, 5)) < 0.3)
+    y_true[:, 4] = y_pred[:, 4] = False  # a label nobody has: F1 0, as zero_division=0
+    scores = multi_label_scores(y_true, y_pred)
+    assert scores["subset_accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(y_true, y_pred), abs=1e-12)
+    for average in ("micro", "macro"):
+        assert scores[f"{average}_f1"] == pytest.approx(
+            sklearn_metrics.f1_score(y_true, y_pred, average=average, zero_division=0), abs=1e-12)
+    with pytest.raises(ValueError, match="arrays of one shape"):
+        multi_label_scores(y_true, y_pred[:, :3])
 
 
 def test_string_labels_and_degenerate_cases():

@@ -39,6 +39,14 @@ def test_pairs_custom_columns_and_regression(tmp_path):
         read_labelled_texts(write(tmp_path / "w.csv", "text,label\ngood,pos\n"), regression=True)
 
 
+def test_multi_label_files(tmp_path):
+    path = write(tmp_path / "topics.jsonl", '{"text": "a", "label": ["sports", "news"]}\n{"text": "b", "label": []}\n')
+    assert read_labelled_texts(path).labels == [["news", "sports"], []]
+    path = write(tmp_path / "topics.csv", "text,label\na,sports|news\nb,tech\n")
+    assert read_labelled_texts(path).labels == ["sports|news", "tech"]  # a class name, unless asked for
+    assert read_labelled_texts(path, multi_label=True).labels == [["news", "sports"], ["tech"]]
+
+
 def test_bad_records_name_file_and_line_or_are_skipped(tmp_path):
     path = write(tmp_path / "bad.csv", "text,label\nfine,pos\n,neg\nok,\nalso fine,neg\n")
     with pytest.raises(CorpusError, match=r"bad\.csv:3: missing 'text'"):

@@ -70,6 +70,8 @@ _FINETUNE_ONLY = {
     "label_column": "the column of the label",
     "tag_column": "tokens: the column of the tags, from 0 (default: the last; CoNLL-U: 3, UPOS)",
     "regression": "classify/pair: the labels are values to predict (default: when they are fractional numbers)",
+    "multi_label": "classify/pair: each text has a set of labels, a JSON list or names separated by | "
+                   "(default: when the JSON labels are lists)",
     "doc_overlap": "qa: context tokens shared by consecutive windows of a long context",
     "max_answer_tokens": "qa: the longest answer, in tokens, that is predicted",
     "no_answer": "qa: questions may have no answer (SQuAD 2.0; default: when the training file has some)",
@@ -214,7 +216,7 @@ def _add_evaluate_parser(commands, name="evaluate"):
         kind = int if name in ("seq_len", "batch_size", "tag_column", "doc_overlap", "max_answer_tokens") else str
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
                             help=FINETUNE_HELP.get(name, RUN_HELP.get(name)))
-    for name in ("no_answer", "skip_bad"):
+    for name in ("no_answer", "skip_bad", "multi_label"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
                             default=argparse.SUPPRESS, help=FINETUNE_HELP[name])
 

@@ -32,6 +32,17 @@ def encode_labelled(tokenizer, data, label_ids, seq_len, path="", skip_bad=False
     for encoding, label in zip(backend.encode_batch(inputs), data.labels):
         if label is None:  # unlabelled, for prediction
             label = 0
+        elif isinstance(label, list):  # multi-label: a 0/1 vector over the classes
+            unknown = [x for x in label if x not in label_ids]
+            if unknown:
+                if not skip_bad:
+                    raise CorpusError(f"{path}: label {unknown[0]!r} is not one of the training labels "
+                                      f"{sorted(label_ids)}")
+                skipped += 1
+                continue
+            vector = np.zeros(len(label_ids), np.float32)
+            vector[[label_ids[x] for x in label]] = 1.0
+            label = vector
         elif label_ids is not None:
             if label not in label_ids:
                 if not skip_bad:
@@ -136,13 +147,13 @@ def collate(examples, pad_id):
         batch["windows"] = examples
         return batch
     first = examples[0]["labels"]
-    if np.ndim(first) == 1:  # per-token labels
+    if "word_starts" in examples[0]:  # per-token labels
         labels = np.full((B, T), IGNORE, np.int64)
         for row, e in enumerate(examples):
             labels[row, :len(e["labels"])] = e["labels"]
         batch["labels"] = labels
         batch["word_starts"] = [e["word_starts"] for e in examples]
-    else:
-        kind = np.float32 if isinstance(first, float) else np.int64
+    else:  # class ids, values, or 0/1 vectors (multi-label)
+        kind = np.float32 if isinstance(first, (float, np.ndarray)) else np.int64
         batch["labels"] = np.asarray([e["labels"] for e in examples], kind)
     return batch

@@ -44,13 +44,16 @@ class QuestionAnswering:
     skipped: int = 0
 
 
-def read_labelled_texts(path, text="text", text_b="text_b", label="label", regression=None, skip_bad=False):
+def read_labelled_texts(path, text="text", text_b="text_b", label="label", regression=None, multi_label=None,
+                        skip_bad=False):
     """Texts and labels from a .csv / .tsv file with a header row, or JSON
     Lines (.jsonl / .json). ``text_b`` is used when the file has that column
     (sentence pairs; None: never). ``label=None`` reads unlabelled texts
     (labels all None). Labels are class names (strings) unless ``regression``;
     by default a task is a regression when every label is a number and some
-    are not whole (STS-B's 3.8, not SST-2's 0 and 1)."""
+    are not whole (STS-B's 3.8, not SST-2's 0 and 1). With ``multi_label``
+    (by default: when JSON labels are lists) each label is a sorted list of
+    class names: a JSON list, or names separated by "|" in CSV/TSV."""
     records = _records(path)
     texts, texts_b, labels, skipped = [], [], [], 0
     pair = None
@@ -72,9 +75,15 @@ def read_labelled_texts(path, text="text", text_b="text_b", label="label", regre
         raise CorpusError(f"{path}: no labelled texts" + (f" ({skipped} bad records skipped)" if skipped else ""))
     if label is None:  # unlabelled texts, for prediction
         return LabelledTexts(texts, texts_b if pair else None, labels, skipped)
+    if multi_label is None:
+        multi_label = any(isinstance(x, list) for x in labels)
+    if multi_label:
+        labels = [sorted({str(v).strip() for v in (x if isinstance(x, list) else str(x).split("|")) if str(v).strip()})
+                  for x in labels]
+        return LabelledTexts(texts, texts_b if pair else None, labels, skipped)
     try:
         numbers = [float(x) for x in labels]
-    except ValueError:
+    except (TypeError, ValueError):
         numbers = None
     if regression is None:
         regression = numbers is not None and any(x != int(x) for x in numbers)

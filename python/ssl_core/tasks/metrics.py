@@ -4,6 +4,9 @@
   over the classes present in the truth or the predictions, 0 for a class
   never predicted), Matthews correlation (the multi-class form of Gorodkin,
   2004).
+- Multi-label classification: subset accuracy (all of a text's labels
+  right), micro-F1 (over every text-label decision) and macro-F1 (the mean
+  of each label's F1).
 - Regression: Pearson and Spearman correlation (ties get their average rank).
 - Tagging: token accuracy, and entity-level precision / recall / F1 over
   typed spans read from BIO or BIOES tags, micro-averaged as conlleval does.
@@ -48,6 +51,19 @@ def matthews_corrcoef(y_true, y_pred):
     numerator = correct * n - true_counts @ pred_counts
     denominator = np.sqrt((n * n - pred_counts @ pred_counts) * (n * n - true_counts @ true_counts))
     return float(numerator / denominator) if denominator else 0.0
+
+
+def multi_label_scores(y_true, y_pred):
+    """{"subset_accuracy", "micro_f1", "macro_f1"} of (N, L) 0/1 arrays."""
+    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.size == 0:
+        raise ValueError(f"expected two (texts, labels) arrays of one shape, got {y_true.shape} and {y_pred.shape}")
+    tp = (y_true & y_pred).sum(axis=0)
+    predicted, actual = y_pred.sum(axis=0), y_true.sum(axis=0)
+    per_label = np.where(predicted + actual > 0, 2 * tp / np.maximum(predicted + actual, 1), 0.0)
+    total = predicted.sum() + actual.sum()
+    return {"subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
+            "micro_f1": float(2 * tp.sum() / total) if total else 0.0, "macro_f1": float(per_label.mean())}
 
 
 def pearson(x, y):

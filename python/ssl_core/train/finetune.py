@@ -5,7 +5,8 @@ metrics on an evaluation file.
 
 Tasks: "classify" (single texts) and "pair" (sentence pairs) read labelled
 texts (CSV/TSV/JSON Lines; a regression when the labels are fractional
-numbers or ``regression`` is set), "tokens" reads tagged sentences (CoNLL,
+numbers or ``regression`` is set; multi-label when they are lists or
+``multi_label`` is set), "tokens" reads tagged sentences (CoNLL,
 CoNLL-U), "qa" reads SQuAD 1.1 / 2.0 JSON (extractive question answering,
 see data.qa for the windows and the answer search). The labels are those of
 the training file, sorted, and are saved with the model (config.json
@@ -47,6 +48,7 @@ class FinetuneConfig(RunConfig):
     label_column: str = "label"
     tag_column: int = None  # tokens: the tag column (default: the last; CoNLL-U: 3, UPOS)
     regression: bool = None  # classify/pair: labels are values (default: when they are fractional numbers)
+    multi_label: bool = None  # classify/pair: each text has a set of labels (default: when JSON labels are lists)
     doc_overlap: int = 64  # qa: context tokens shared by consecutive windows of a long context
     max_answer_tokens: int = 30  # qa: the longest answer predicted
     no_answer: bool = None  # qa: a question may have no answer (SQuAD 2.0; default: when the training file has some)
@@ -121,14 +123,17 @@ class FineTuning(TrainingRun):
                 self.echo(f"{path}: {cut} words beyond {c.seq_len} tokens are not scored")
         else:
             data = read_labelled_texts(path, c.text_column, c.text_b_column if c.task == "pair" else None,
-                                       c.label_column if self.LABELLED else None, c.regression,
+                                       c.label_column if self.LABELLED else None, c.regression, c.multi_label,
                                        skip_bad=bool(c.skip_bad))
             if c.task == "pair" and data.texts_b is None:
                 raise ValueError(f"{path}: a pair task needs a {c.text_b_column!r} column")
-            regression = isinstance(data.labels[0], float) or (labels == [] and not self.LABELLED)
-            if labels is None:
-                labels = [] if regression else sorted(set(data.labels))
-            ids = None if regression else {x: i for i, x in enumerate(labels)}
+            if labels is None:  # the training file decides the kind of problem and the labels
+                first = data.labels[0]
+                self.problem_type = ("regression" if isinstance(first, float) else "multi_label_classification"
+                                     if isinstance(first, list) else "single_label_classification")
+                names = {x for y in data.labels for x in y} if isinstance(first, list) else set(data.labels)
+                labels = [] if self.problem_type == "regression" else sorted(names)
+            ids = None if self.problem_type == "regression" else {x: i for i, x in enumerate(labels)}
             examples, skipped = encode_labelled(self.tokenizer, data, ids, c.seq_len, path, bool(c.skip_bad))
         if data.skipped + skipped:
             self.echo(f"{path}: {data.skipped + skipped} bad records skipped")
@@ -140,7 +145,7 @@ class FineTuning(TrainingRun):
         task = TASKS[c.task]
         options = {} if c.task == "qa" else {"labels": self.labels or 1}
         if c.task in ("classify", "pair"):
-            options["problem_type"] = "regression" if not self.labels else "single_label_classification"
+            options["problem_type"] = self.problem_type
         overrides = {} if c.dropout is None else {"hidden_dropout_prob": c.dropout,
                                                   "attention_probs_dropout_prob": c.dropout}
         if c.init == "none":
@@ -172,9 +177,13 @@ class FineTuning(TrainingRun):
         for first in range(0, min(len(self.valid), c.eval_batches * c.batch_size), c.batch_size):
             batch = collate(self.valid[first:first + c.batch_size], self.tokenizer.pad_id)
             logits = self.model.logits(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-            _collect(c.task, self.labels, batch, logits.astype(np.float64), truths, predictions, losses)
+            _collect(self._kind(), self.labels, batch, logits.astype(np.float64), truths, predictions, losses)
         self.model.train()
-        return _task_metrics(c.task, self.labels, truths, predictions, losses)
+        return _task_metrics(self._kind(), self.labels, truths, predictions, losses)
+
+    def _kind(self):
+        """tokens, qa, or the problem of a classify / pair task."""
+        return self.config.task if self.config.task in ("tokens", "qa") else self.problem_type
 
     def _validate_qa(self):
         """Loss over the windows, and SQuAD exact match / F1 of the answers
@@ -204,17 +213,22 @@ class FineTuning(TrainingRun):
         return answers, losses
 
 
-def _collect(task, labels, batch, logits, truths, predictions, losses):
+def _collect(kind, labels, batch, logits, truths, predictions, losses):
     """Per-example truths and predictions (words' tags for "tokens"), and
     per-target losses, of one evaluation batch."""
-    if task == "tokens":
+    if kind == "tokens":
         log_p = logits - _log_sum_exp(logits)
         for row, starts in enumerate(batch["word_starts"]):
             gold = batch["labels"][row, starts]
             truths.append([labels[i] for i in gold])
             predictions.append([labels[i] for i in logits[row, starts].argmax(axis=1)])
             losses.extend(-log_p[row, starts, gold])
-    elif not labels:  # regression
+    elif kind == "multi_label_classification":
+        y = batch["labels"].astype(np.float64)
+        truths.extend(y > 0.5)
+        predictions.extend(logits > 0)  # sigmoid > 1/2
+        losses.extend((np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).mean(axis=1))
+    elif kind == "regression":
         truths.extend(batch["labels"].astype(np.float64))
         predictions.extend(logits[:, 0])
         losses.extend((logits[:, 0] - batch["labels"]) ** 2)
@@ -225,14 +239,16 @@ def _collect(task, labels, batch, logits, truths, predictions, losses):
         losses.extend(-log_p[np.arange(len(logits)), batch["labels"]])
 
 
-def _task_metrics(task, labels, truths, predictions, losses):
+def _task_metrics(kind, labels, truths, predictions, losses):
     scores = {"loss": float(np.mean(losses))}
-    if task == "tokens":
+    if kind == "multi_label_classification":
+        scores.update(metrics.multi_label_scores(truths, predictions))
+    elif kind == "tokens":
         scores["token_accuracy"] = metrics.token_accuracy(truths, predictions)
         scheme = _tagging_scheme(labels)
         if scheme:
             scores.update({f"entity_{k}": v for k, v in metrics.entity_scores(truths, predictions, scheme).items()})
-    elif not labels:
+    elif kind == "regression":
         scores.update(pearson=metrics.pearson(truths, predictions), spearman=metrics.spearman(truths, predictions))
     else:
         scores.update(accuracy=metrics.accuracy(truths, predictions), macro_f1=metrics.macro_f1(truths, predictions),
@@ -269,10 +285,12 @@ class Evaluation(FineTuning):
             raise ValueError(f"{model_dir} holds a {type(self.model).__name__}, not a model for task {task!r} "
                              f"({TASKS[task].__name__})")
         self.tokenizer = load_tokenizer(model_dir, kind="wordpiece")
-        regression = getattr(self.model, "problem_type", None) == "regression"
-        if regression:
+        self.problem_type = getattr(self.model, "problem_type", None)
+        if self.problem_type == "regression":
             self.config = self.config.replace(regression=True)
-        self.labels = [] if task == "qa" or regression else self.model.labels
+        elif self.problem_type == "multi_label_classification":
+            self.config = self.config.replace(multi_label=True)
+        self.labels = [] if task == "qa" or self.problem_type == "regression" else self.model.labels
         self.no_answer = bool(settings.get("no_answer"))
         self.valid = self._read(path, self.labels)[0]
 
@@ -283,9 +301,10 @@ class Evaluation(FineTuning):
 class Prediction(Evaluation):
     """Predictions of a fine-tuned model folder on a file of its task,
     labelled or not (``ssl-core predict``). ``run()`` returns, per record:
-    classify/pair {"label", "scores"} (class probabilities) or {"value"} for
-    a regression; tokens the predicted tag of every word (words past seq_len:
-    None); qa {question id: answer} ("" for no answer)."""
+    classify/pair {"label", "scores"} (class probabilities), {"labels",
+    "scores"} (multi-label: those above 1/2) or {"value"} (regression);
+    tokens the predicted tag of every word (words past seq_len: None); qa
+    {question id: answer} ("" for no answer)."""
 
     LABELLED = False
 
@@ -304,8 +323,12 @@ class Prediction(Evaluation):
                     n_words = len(self.records.words[first + row])
                     tags = [self.labels[i] for i in logits[row, starts].argmax(axis=1)]
                     out.append(tags + [None] * (n_words - len(tags)))
-            elif not self.labels:
+            elif self.problem_type == "regression":
                 out += [{"value": float(v)} for v in logits[:, 0]]
+            elif self.problem_type == "multi_label_classification":
+                probabilities = 1 / (1 + np.exp(-logits))
+                out += [{"labels": [x for x, q in zip(self.labels, p) if q > 0.5],
+                         "scores": {x: float(q) for x, q in zip(self.labels, p)}} for p in probabilities]
             else:
                 probabilities = np.exp(logits - _log_sum_exp(logits))
                 out += [{"label": self.labels[int(p.argmax())],
