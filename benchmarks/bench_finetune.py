@@ -15,7 +15,6 @@ time, the epoch time (all steps) and, for our run, the metric on the
 held-out part after the epoch; the Trainer run is timed only.
 """
 
-import csv
 import itertools
 import os
 import statistics
@@ -23,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import Result, compare, matmul_flops
+from benchmarks.common import Result, compare, matmul_flops, write_labelled_csvs
 from benchmarks.loops import step_times, trainer_step_times
 
 SUBJECTS = ["The movie", "This film", "The story", "The acting", "The soundtrack", "The ending", "The cast",
@@ -100,14 +99,7 @@ def _sentiment_files(folder, limit):
     rows = [(f"{s} was {a} {adjective}.", label) for label, adjectives in (("positive", GOOD), ("negative", BAD))
             for s, a, adjective in itertools.product(SUBJECTS, ADVERBS, adjectives)]
     rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))][:limit]
-    paths = [os.path.join(folder, name) for name in ("sentiment-train.csv", "sentiment-dev.csv")]
-    cut = len(rows) * 7 // 8
-    for path, part in zip(paths, (rows[:cut], rows[cut:])):
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(part)
-    return paths
+    return write_labelled_csvs(folder, ("sentiment-train.csv", "sentiment-dev.csv"), rows, 7 / 8)
 
 
 def _tagging_files(folder, limit):

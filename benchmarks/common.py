@@ -190,3 +190,18 @@ def write_json(path, meta, results):
         rows.append(row)
     with open(path, "w") as f:
         json.dump({"machine": meta, "results": rows}, f, indent=1, default=float)
+
+
+def write_labelled_csvs(folder, names, rows, train_share):
+    """rows (text, label) split into a training and an evaluation CSV with a
+    text,label header; returns their paths."""
+    import csv
+
+    paths = [os.path.join(folder, name) for name in names]
+    cut = int(len(rows) * train_share)
+    for path, part in zip(paths, (rows[:cut], rows[cut:])):
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(part)
+    return paths

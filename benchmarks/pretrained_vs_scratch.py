@@ -13,11 +13,12 @@ writes runs/vs/curves.png and prints the final metrics of both runs.
 
 import argparse
 import ast
-import csv
 import os
 import sysconfig
 
 import numpy as np
+
+from benchmarks.common import write_labelled_csvs
 
 PACKAGES = ["asyncio", "email", "http", "json", "logging", "multiprocessing", "unittest", "xml"]
 
@@ -40,14 +41,7 @@ def docstring_task(folder, per_package=250, seed=0):
         picked = np.random.default_rng(seed).permutation(len(found))[:per_package]
         rows += [(found[i], package) for i in picked]
     rows = [rows[i] for i in np.random.default_rng(seed + 1).permutation(len(rows))]
-    cut = len(rows) * 4 // 5
-    paths = [os.path.join(folder, name) for name in ("train.csv", "dev.csv")]
-    for path, part in zip(paths, (rows[:cut], rows[cut:])):
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(part)
-    return paths
+    return write_labelled_csvs(folder, ("train.csv", "dev.csv"), rows, 4 / 5)
 
 
 def main():

@@ -13,6 +13,7 @@ import numpy as np
 
 from ssl_core.data.examples import build_examples, document_boundaries
 from ssl_core.data.masking import IGNORE, MaskingConfig, mask_batch
+from ssl_core.data.stream import BatchStream
 
 # objective -> (example kind, masking unit); clm is GPT's next-token prediction.
 OBJECTIVES = {
@@ -25,7 +26,7 @@ OBJECTIVES = {
 }
 
 
-class PretrainingData:
+class PretrainingData(BatchStream):
     """An endless stream of batches of ``batch_size`` sequences of at most
     ``seq_len`` tokens from one split of a corpus.
 
@@ -66,30 +67,13 @@ class PretrainingData:
             raise ValueError(f"the corpus split makes {self.examples_in_epoch(0)} examples of up to {seq_len} tokens, "
                              f"fewer than one batch of {batch_size}: use a smaller batch_size or a larger corpus")
 
-    # -------------------------------------------------------------- state --
-    def state_dict(self):
-        return {"epoch": self.epoch, "batch_index": self.batch_index}
-
-    def load_state_dict(self, state):
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
-
+    # ------------------------------------------------------------ epochs --
     def examples_in_epoch(self, epoch):
         return len(self._epoch(epoch))
 
     def batches_per_epoch(self):
         n = self.examples_in_epoch(self.epoch)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    # ---------------------------------------------------------- iteration --
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.batch_index >= self.batches_per_epoch():
-            self.epoch, self.batch_index = self.epoch + 1, 0
-        batch = self.batch(self.epoch, self.batch_index)
-        self.batch_index += 1
-        return batch
 
     def batch(self, epoch, index):
         """The batch at (epoch, index), a pure function of the position."""

@@ -16,6 +16,7 @@ saved/restored position as the pretraining stream.
 import numpy as np
 
 from ssl_core.data.sources import CorpusError
+from ssl_core.data.stream import BatchStream
 
 IGNORE = -100
 
@@ -87,7 +88,7 @@ def encode_tagged(tokenizer, data, label_ids, seq_len, path="", skip_bad=False):
     return examples, skipped, cut
 
 
-class TaskBatches:
+class TaskBatches(BatchStream):
     """An endless stream of padded batches of ``batch_size`` examples,
     reshuffled every epoch; ``batch(epoch, index)`` is a pure function of the
     position, and ``state_dict`` / ``load_state_dict`` save and restore it."""
@@ -103,22 +104,6 @@ class TaskBatches:
 
     def batches_per_epoch(self):
         return -(-len(self.examples) // self.batch_size)
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "batch_index": self.batch_index}
-
-    def load_state_dict(self, state):
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.batch_index >= self.batches_per_epoch():
-            self.epoch, self.batch_index = self.epoch + 1, 0
-        batch = self.batch(self.epoch, self.batch_index)
-        self.batch_index += 1
-        return batch
 
     def batch(self, epoch, index):
         order = np.arange(len(self.examples))
