@@ -18,6 +18,11 @@ class _HuggingFaceConfig:
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
 
+# Presets: (layers, width) of BERT-base and the compact models of Turc et al.
+# (2019); heads are width / 64 (at least 2), the feed-forward 4 x width.
+SIZES = {"base": (12, 768), "small": (4, 512), "mini": (4, 256), "tiny": (2, 128)}
+
+
 @dataclasses.dataclass
 class BertConfig(_HuggingFaceConfig):
     MODEL_TYPE, ARCHITECTURE = "bert", "BertForPreTraining"
@@ -41,10 +46,9 @@ class BertConfig(_HuggingFaceConfig):
     def preset(cls, name, **overrides):
         """BERT-base and the compact models of Turc et al. (2019): tiny (2 layers,
         128 wide), mini (4, 256), small (4, 512)."""
-        layers, hidden = {"base": (12, 768), "small": (4, 512), "mini": (4, 256), "tiny": (2, 128)}[name]
+        layers, hidden = SIZES[name]
         return cls(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=max(hidden // 64, 2),
                    intermediate_size=4 * hidden, **overrides)
-
 
 
 @dataclasses.dataclass
@@ -69,7 +73,7 @@ class GPTConfig(_HuggingFaceConfig):
         """GPT-2 small ("base", 124M with GPT-2's vocabulary) and narrower
         models of BERT's compact shapes: tiny (2 layers, 128 wide), mini (4,
         256), small (4, 512)."""
-        layers, width = {"base": (12, 768), "small": (4, 512), "mini": (4, 256), "tiny": (2, 128)}[name]
+        layers, width = SIZES[name]
         return cls(n_layer=layers, n_embd=width, n_head=max(width // 64, 2), **overrides)
 
     @property

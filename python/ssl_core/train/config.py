@@ -11,9 +11,10 @@ import os
 
 from ssl_core.data.masking import MaskingConfig
 from ssl_core.data.pretraining import OBJECTIVES
+from ssl_core.models.config import SIZES as MODEL_SIZES
 
 MODELS = ("bert", "gpt")
-SIZES = ("tiny", "mini", "small", "base")
+SIZES = tuple(reversed(MODEL_SIZES))  # tiny, mini, small, base
 
 # Settings a resumed run may change without changing its weights.
 RESUMABLE_CHANGES = frozenset({"steps", "epochs", "threads", "log_every", "eval_every", "eval_batches", "save_every",
