@@ -56,6 +56,43 @@ class GPT(Model):
         """Next-token logits at every position, float32 (B, T, V)."""
         return self.hidden_states(input_ids, token_type_ids, attention_mask) @ self.wte.weight.data.T
 
+    def new_cache(self, batch, capacity):
+        """An empty key/value cache (generation.KVCache) for ``batch`` rows of
+        up to ``capacity`` positions."""
+        from ssl_core.generation.cache import KVCache
+
+        return KVCache(self, batch, capacity)
+
+    def next_token_logits(self, input_ids, cache, lengths=None):
+        """Incremental decoding: feed each row's next tokens, get the logits
+        of the token after them, float32 (B, V).
+
+        input_ids (B, T): the tokens that follow what ``cache`` holds (all of
+        each prompt, at first); with ``lengths`` (B,), row b's are
+        input_ids[b, :lengths[b]] (right padding). Their keys and values go
+        into the cache, whose lengths advance. Inference only: no dropout,
+        nothing saved for a backward; the LayerNorm and the output layer run
+        on each row's last token alone.
+        """
+        B, T = input_ids.shape
+        start = cache.lengths
+        count = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        positions = start[:, None] + np.arange(T)
+        x = self.wte.weight.data[input_ids] + self.wpe.weight.data[positions]
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer.decode(x, layer_cache, start)
+        cache.lengths = start + count
+        last = self.ln_f.apply(x[np.arange(B), count - 1])
+        return last @ self.wte.weight.data.T
+
+    def generate(self, input_ids, attention_mask=None, tokenizer=None, **options):
+        """Continue prompts: ``generation.generate`` with this model (its
+        docstring lists the options, e.g. strategy="greedy" | "sample" |
+        "beam", max_new_tokens, temperature, top_k, top_p)."""
+        from ssl_core.generation import generate
+
+        return generate(self, input_ids, attention_mask, tokenizer=tokenizer, **options)
+
     def loss_and_backward(self, batch, token_count=None):
         """Mean next-token cross-entropy of a batch; gradients added to params.grad.
 

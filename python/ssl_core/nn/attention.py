@@ -39,6 +39,26 @@ class SelfAttention:
         self._saved = (q, k, v, out, lse, masks)
         return self.out.forward(out.reshape(B, T, C))
 
+    def decode(self, x, cache, start):
+        """Attention of the next T tokens of each row over the row's cached
+        tokens and themselves, for incremental decoding: x (B, T, C) at
+        positions start[b] .. start[b] + T - 1 (start (B,) integers) ->
+        (B, T, C). Their keys and values are first written into ``cache`` (a
+        generation.LayerCache). Saves nothing for a backward."""
+        B, T, C = x.shape
+        qkv = self.qkv.apply(x).reshape(B, T, 3, self.heads, C // self.heads)
+        end = cache.write(qkv[:, :, 1], qkv[:, :, 2], start)
+        keys, values = cache.view(int(end.max()))
+        if T == 1:  # one query per row, which sees all its row's keys
+            masks = {"key_lengths": end}
+        elif (start == start[0]).all():  # causal, with the diagonal where the kernel puts it (bottom right)
+            masks = {"causal": True, "key_lengths": end}
+        else:
+            positions = start[:, None] + np.arange(T)
+            masks = {"mask": (np.arange(keys.shape[1]) <= positions[:, :, None])[:, None]}
+        out = ops.attention(qkv[:, :, 0], keys, values, **masks)
+        return self.out.apply(out.reshape(B, T, C))
+
     def backward(self, dy):
         (q, k, v, out, lse, masks), self._saved = self._saved, None
         B, T, H, D = q.shape

@@ -4,6 +4,9 @@ of the input and adds its parameters' gradients to their ``.grad`` (a tied
 parameter gathers gradient from every layer that uses it). A layer keeps what
 one forward saved until its backward: call them in pairs.
 
+``apply``, where a layer has it, is the forward without saving: what
+incremental decoding, which never runs a backward, calls.
+
 Shapes: x (..., features); ids (...) integers.
 """
 
@@ -24,6 +27,10 @@ class Linear:
 
     def forward(self, x):
         self._x = x
+        return self.apply(x)
+
+    def apply(self, x):
+        """The forward without saving anything for a backward (inference)."""
         y = x.reshape(-1, x.shape[-1]) @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
@@ -88,6 +95,10 @@ class LayerNorm:
         y, mean, rstd = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
         self._saved = (x, mean, rstd)
         return y
+
+    def apply(self, x):
+        """The forward without saving anything for a backward (inference)."""
+        return ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)[0]
 
     def backward(self, dy):
         (x, mean, rstd), self._saved = self._saved, None

@@ -29,6 +29,10 @@ class FeedForward:
         self._pre = self.up.forward(x)  # x W^T, without the bias
         return self.down.forward(ops.gelu(self._pre, self.approximate, bias=self.up_bias.data))
 
+    def apply(self, x):
+        """The forward without saving anything for a backward (inference)."""
+        return self.down.apply(ops.gelu(self.up.apply(x), self.approximate, bias=self.up_bias.data))
+
     def backward(self, dy):
         pre, self._pre = self._pre, None
         dh = self.down.backward(dy)
@@ -65,6 +69,18 @@ class TransformerBlock:
             return h + self.drop2.forward(self.ffn.forward(self.ln2.forward(h)))
         h = self.ln1.forward(x + self.drop1.forward(self.attn.forward(x, **masks)))
         return self.ln2.forward(h + self.drop2.forward(self.ffn.forward(h)))
+
+    def decode(self, x, cache, start):
+        """The forward of inference against a key/value cache: x (B, T, C), the
+        next T tokens of each row, which sit at positions start[b] .. start[b]
+        + T - 1 (start (B,) integers); cache: the layer's LayerCache, which
+        takes their keys and values. Saves nothing for a backward."""
+        attend = self.attn.decode
+        if self.pre_ln:
+            h = x + attend(self.ln1.apply(x), cache, start)
+            return h + self.ffn.apply(self.ln2.apply(h))
+        h = self.ln1.apply(x + attend(x, cache, start))
+        return self.ln2.apply(h + self.ffn.apply(h))
 
     def backward(self, dy):
         if self.pre_ln:

@@ -1,0 +1,11 @@
+"""Text generation for GPT models: incremental decoding with a preallocated
+key/value cache; greedy decoding, sampling (temperature, top-k, top-p,
+repetition penalty) and beam search; stop tokens and stop strings; batches
+of prompts of different lengths."""
+
+from ssl_core.generation.api import generate, stream
+from ssl_core.generation.cache import KVCache
+from ssl_core.generation.config import STRATEGIES, GenerationConfig
+from ssl_core.generation.text import generate_text, stream_text
+
+__all__ = ["GenerationConfig", "KVCache", "STRATEGIES", "generate", "generate_text", "stream", "stream_text"]
