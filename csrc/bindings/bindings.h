@@ -10,5 +10,6 @@ void bind_activation(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
 void bind_loss(pybind11::module_& m);
 void bind_optimizer(pybind11::module_& m);
+void bind_linear(pybind11::module_& m);
 
 }  // namespace ssl_core::bindings

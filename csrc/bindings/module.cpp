@@ -83,4 +83,5 @@ PYBIND11_MODULE(_C, m) {
   bindings::bind_attention(m);
   bindings::bind_loss(m);
   bindings::bind_optimizer(m);
+  bindings::bind_linear(m);
 }

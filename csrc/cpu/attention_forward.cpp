@@ -152,6 +152,69 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
   }
 }
 
+// One query per head (a decoding step against a key/value cache), without
+// dropout: the tiles above would compute kQueryBlock query lanes for one, so
+// this path takes the query's scores with one dot product per visible key,
+// reading k and v in place. Measured at B1 H12 D64 with 50 cached keys: 0.2
+// ms a call through the tiles, 1/10 of a GPT-2 small decoding step.
+void single_query(HeadsView out, float* lse, const Inputs& in, int64_t b, int64_t h, float* scores, float* acc) {
+  const ConstHeadsView &q = in.q, &k = in.k, &v = in.v;
+  const int64_t D = q.dim;
+  const HeadMask hm = head_mask(in.options.mask, b, h, 1, k.seq);
+  const int64_t end = visible_key_end(hm, 0);
+  const float* query = q.head(b, h);
+  float top = kMinusInf;
+  for (int64_t j = 0; j < end; ++j) {
+    const bool visible = !hm.bits || hm.bits[j * hm.bits_key_stride];
+    scores[j] = visible ? dot(query, k.head(b, h) + j * k.seq_stride, D) * in.options.scale : kMinusInf;
+    top = std::max(top, scores[j]);
+  }
+  float* out_row = out.head(b, h);
+  if (top == kMinusInf) {  // no visible key
+    std::fill(out_row, out_row + D, 0.0f);
+    lse[b * q.heads + h] = std::numeric_limits<float>::infinity();
+    return;
+  }
+  Vec total = splat(0.0f);
+  int64_t j = 0;
+  for (; j + kWidth <= end; j += kWidth) {
+    const Vec p = exp(load(scores + j) - splat(top));
+    store(scores + j, p);
+    total += p;
+  }
+  if (j < end) {
+    const int n = static_cast<int>(end - j);
+    const Vec p = exp(load(scores + j, n) - splat(top));
+    store(scores + j, p, n);
+    total += select(first_lanes(n), p, splat(0.0f));
+  }
+  const float sum = reduce_add(total);
+  std::fill(acc, acc + in.padded_dim, 0.0f);
+  for (j = 0; j < end; ++j) {
+    if (scores[j] == 0.0f) continue;  // masked, or too small to count
+    const Vec p = splat(scores[j]);
+    const float* value = v.head(b, h) + j * v.seq_stride;
+    int64_t d = 0;
+    for (; d + kWidth <= D; d += kWidth) store(acc + d, fma(p, load(value + d), load(acc + d)));
+    if (d < D) store(acc + d, fma(p, load(value + d, static_cast<int>(D - d)), load(acc + d)));
+  }
+  const Vec inv = splat(1.0f / sum);
+  write_vectors(out_row, D, false, [&](int64_t d, int lanes) { return load(acc + d, lanes) * inv; });
+  lse[b * q.heads + h] = top + std::log(sum);
+}
+
+void single_query_heads(HeadsView out, float* lse, const Inputs& in) {
+  const int64_t heads = in.q.batch * in.q.heads, Tk = in.k.seq;
+  const int threads = threads_for(heads * Tk * in.q.dim, kMinWorkPerThread);
+  const int64_t per_thread = round_up(Tk, 16) + in.padded_dim;
+  ScratchBuffer<float> pool(threads * per_thread);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t bh = 0; bh < heads; ++bh) {
+    float* scores = pool.get() + per_thread * thread_index();
+    single_query(out, lse, in, bh / in.q.heads, bh % in.q.heads, scores, scores + round_up(Tk, 16));
+  }
+}
+
 }  // namespace
 
 void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsView k, ConstHeadsView v,
@@ -159,6 +222,10 @@ void attention_forward(HeadsView out, float* lse, ConstHeadsView q, ConstHeadsVi
   const int64_t heads = q.batch * q.heads, Tk = k.seq, D = q.dim, Dp = round_up(D, kWidth);
   const int64_t query_blocks = ceil_div(q.seq, kQueryBlock);
   if (heads == 0 || query_blocks == 0) return;
+  if (q.seq == 1 && options.dropout_p == 0.0) {
+    single_query_heads(out, lse, Inputs{q, k, v, options, make_dropout(options), Dp, false});
+    return;
+  }
   const int64_t blocks_per_task = ceil_div(query_blocks, std::min(query_blocks, ceil_div(kMinTasks, heads)));
   const int64_t tasks_per_head = ceil_div(query_blocks, blocks_per_task);
   const int64_t tasks = heads * tasks_per_head;

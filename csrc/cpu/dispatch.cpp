@@ -69,6 +69,10 @@ void adamw_update(float* params, float* m, float* v, const float* grads, int64_t
   SSL_CORE_PICK(adamw_update)(params, m, v, grads, n, options);
 }
 
+void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias) {
+  SSL_CORE_PICK(linear_forward)(y, x, weight, bias);
+}
+
 void copy_memory(void* dst, const void* src, int64_t bytes) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t blocks = (bytes + kBlock - 1) / kBlock;

@@ -100,4 +100,13 @@ void gelu_backward(RowsView dx, ConstRowsView dy, ConstRowsView x, const float* 
     }
 }
 
+void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias) {
+  for (int64_t m = 0; m < x.rows; ++m)
+    for (int64_t n = 0; n < weight.rows; ++n) {
+      double sum = bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < x.cols; ++k) sum += static_cast<double>(x.row(m)[k]) * weight.row(n)[k];
+      y.row(m)[n] = static_cast<float>(sum);
+    }
+}
+
 }  // namespace ssl_core::cpu::reference

@@ -1,4 +1,5 @@
-"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune``, ``evaluate``, ``predict`` and ``embed``."""
+"""The ``ssl-core`` command: ``info``, ``pretrain``, ``finetune``, ``evaluate``, ``predict``, ``embed`` and
+``generate``."""
 
 import argparse
 import dataclasses
@@ -8,6 +9,7 @@ import sys
 
 import ssl_core
 from ssl_core import _C
+from ssl_core.generation import command as generate_command
 
 # Help for every setting of ``ssl-core pretrain`` and ``finetune``; each is also a TOML key.
 RUN_HELP = {
@@ -308,12 +310,15 @@ def main(argv=None) -> int:
     _add_evaluate_parser(commands)
     _add_evaluate_parser(commands, "predict")
     _add_embed_parser(commands)
+    generate_command.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
         return 0
     if args.command == "embed":
         return embed(args)
+    if args.command == "generate":
+        return generate_command.run(args)
     if args.command in ("evaluate", "predict"):
         return evaluate(args)
     if args.command == "pretrain":

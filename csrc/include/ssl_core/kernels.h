@@ -29,6 +29,8 @@ enum class GeluApproximation { none, tanh };
 // (V, C); bias, d_bias (V,) or null. d_hidden.data null: no gradients; else
 // every row of d_hidden is written (zeros where unlabelled).
 // AdamW (optimizer.h): params, m, v, grads (n,) each; params, m, v updated.
+// Linear: y (M, N) = x (M, K) weightᵀ + bias, weight (N, K), bias (N,) or null;
+// made for few rows of x (decoding), where weight streams from memory once.
 #define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
   void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, \
                           const float* weight, const float* bias, float eps);    \
@@ -51,7 +53,8 @@ enum class GeluApproximation { none, tanh };
       ConstRowsView weight, const float* bias, const CrossEntropyLabels& labels,         \
       const CrossEntropyOptions& options);                                               \
   void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n,    \
-                    const AdamWOptions& options);
+                    const AdamWOptions& options);                                        \
+  void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias);
 
 namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
 namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }

@@ -58,15 +58,21 @@ def generate_text(model, tokenizer, prompts, **options):
 
 
 def stream_text(model, tokenizer, prompt, **options):
-    """Yield the continuation of one prompt piece by piece as it is generated
-    (greedy or sampled), cut at any stop string. A piece is held back while
-    the text ends in an incomplete character (a byte-level BPE token may
-    carry part of one) or could be the start of a stop string."""
+    """An iterator over the continuation of one prompt, piece by piece as it
+    is generated (greedy or sampled), cut at any stop string. A piece is held
+    back while the text ends in an incomplete character (a byte-level BPE
+    token may carry part of one) or could be the start of a stop string.
+    The options are checked before this returns."""
     options = _default_stops(tokenizer, dict(options))
     stops, strings = set(options["stop_token_ids"]), options.get("stop_strings", ())
     strings = (strings,) if isinstance(strings, str) else tuple(strings)
+    steps = stream(model, [_encode(tokenizer, prompt)], tokenizer=tokenizer, **options)
+    return _pieces(steps, tokenizer, stops, strings)
+
+
+def _pieces(steps, tokenizer, stops, strings):
     tokens, shown = [], ""
-    for step, _ in stream(model, [_encode(tokenizer, prompt)], tokenizer=tokenizer, **options):
+    for step, _ in steps:
         if int(step[0]) in stops:
             break
         tokens.append(int(step[0]))

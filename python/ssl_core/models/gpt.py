@@ -83,7 +83,7 @@ class GPT(Model):
             x = layer.decode(x, layer_cache, start)
         cache.lengths = start + count
         last = self.ln_f.apply(x[np.arange(B), count - 1])
-        return last @ self.wte.weight.data.T
+        return ops.linear(last, self.wte.weight.data)
 
     def generate(self, input_ids, attention_mask=None, tokenizer=None, **options):
         """Continue prompts: ``generation.generate`` with this model (its

@@ -17,8 +17,9 @@ from ssl_core import ops
 
 class Linear:
     """y = x Wᵀ + b with W (out_features, in_features), the layout of
-    torch.nn.Linear and Hugging Face checkpoints. The products go through the
-    array library's BLAS."""
+    torch.nn.Linear and Hugging Face checkpoints. The products go through
+    ops.linear: our kernel for a few rows (decoding), else the array
+    library's BLAS."""
 
     def __init__(self, params, name, in_features, out_features, bias=True, std=0.02):
         self.weight = params.add(f"{name}.weight", (out_features, in_features), std=std)
@@ -31,10 +32,7 @@ class Linear:
 
     def apply(self, x):
         """The forward without saving anything for a backward (inference)."""
-        y = x.reshape(-1, x.shape[-1]) @ self.weight.data.T
-        if self.bias is not None:
-            y += self.bias.data
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return ops.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
         x, self._x = self._x, None

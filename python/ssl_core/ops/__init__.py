@@ -4,6 +4,7 @@ array type (NumPy arrays run the CPU kernels)."""
 from ssl_core.ops.activation import gelu, gelu_backward
 from ssl_core.ops.attention import attention, attention_backward, attention_forward
 from ssl_core.ops.layer_norm import layer_norm, layer_norm_backward, layer_norm_forward
+from ssl_core.ops.linear import linear
 from ssl_core.ops.loss import MaskedLMLoss, masked_lm_loss
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "linear",
     "masked_lm_loss",
 ]

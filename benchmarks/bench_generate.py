@@ -1,0 +1,97 @@
+"""Generation speed: ``GPT.generate`` against ``transformers`` ``generate`` on
+torch (CPU), the same weights, prompts and thread count, in one process.
+
+Models: GPT-2 small (124M parameters, GPT-2's vocabulary of 50,257) and the
+tiny preset (2 layers, 128 wide, a vocabulary of 8,192 as ``ssl-core
+pretrain --size tiny`` trains). Prompts of 32 tokens, 64 new tokens each
+(no stop token, so every call makes all of them), greedy, at batch 1 and 8.
+A row's time is the median over calls of one generate call's time divided by
+the tokens each row made: ms per decoding step. Also timed: decoding without
+the cache (the whole sequence through the model at every step, batch 1), and
+sampling with top-p 0.9.
+
+A decoding step must read every weight once, so "x bound" is the step's
+time over the time the weights take to stream at the copy bandwidth measured
+at the start of the run.
+
+Target (issue 8): at least 2x the tokens/s of transformers.
+"""
+
+import numpy as np
+
+from benchmarks.common import Result, median_seconds
+
+OP = "generate"
+MODELS = {"gpt2-small": ("base", 50257), "tiny": ("tiny", 8192)}
+
+
+def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8), prompt_len=32, new_tokens=64,
+        uncached=True):
+    from ssl_core.models import GPT, GPTConfig
+
+    results = []
+    for name in models:
+        preset, vocab = MODELS[name]
+        model = GPT(GPTConfig.preset(preset, vocab_size=vocab), seed=0).eval()
+        weight_bytes = model.params.data.nbytes
+        hf = _hf_model(torch, model) if torch is not None else None
+        calls = max(2, min(repeats, 5 if preset == "base" else repeats))
+        for batch in batches:
+            ids = np.random.default_rng(batch).integers(0, vocab, (batch, prompt_len))
+            shape = f"{name} B{batch} {prompt_len}+{new_tokens}"
+
+            def row(impl, variant, fn, n_calls=calls, tokens=new_tokens):
+                ms = median_seconds(fn, n_calls, warmup=1) * 1e3 / tokens
+                result = Result(OP, shape, impl, variant, ms, weight_bytes, weight_bytes / copy_bps * 1e3)
+                result.note = f"{batch / ms * 1e3:,.0f} tokens/s"
+                results.append(result)
+
+            row("ssl_core", "greedy", lambda: model.generate(ids, max_new_tokens=new_tokens))
+            if hf is not None:
+                tids = torch.from_numpy(ids)
+                with torch.inference_mode():
+                    row("torch", "HF greedy", lambda: hf.generate(tids, max_new_tokens=new_tokens,
+                                                                   min_new_tokens=new_tokens, do_sample=False,
+                                                                   pad_token_id=0))
+                _compare_shape(results, shape, "ssl_core/greedy", "torch/HF greedy")
+            if uncached and batch == 1:
+                row("ssl_core", "greedy, no cache", lambda: _uncached_greedy(model, ids, new_tokens), n_calls=1)
+                _compare_shape(results, shape, "ssl_core/greedy, no cache", "ssl_core/greedy")
+            if name == "tiny":
+                row("ssl_core", "sample top-p 0.9", lambda: model.generate(ids, max_new_tokens=new_tokens,
+                                                                           strategy="sample", top_p=0.9, seed=0))
+                if hf is not None:
+                    with torch.inference_mode():
+                        row("torch", "HF sample top-p 0.9", lambda: hf.generate(
+                            tids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_p=0.9,
+                            top_k=0, pad_token_id=0))
+                    _compare_shape(results, shape, "ssl_core/sample top-p 0.9", "torch/HF sample top-p 0.9")
+    return results
+
+
+def _compare_shape(results, shape, impl_variant, reference_variant):
+    """common.compare, within the rows of one shape."""
+    rows = {f"{r.impl}/{r.variant}": r for r in results if r.shape == shape}
+    if impl_variant in rows and reference_variant in rows:
+        rows[impl_variant].compare_to = reference_variant
+        rows[impl_variant].speedup = rows[reference_variant].ms / rows[impl_variant].ms
+
+
+def _uncached_greedy(model, ids, new_tokens):
+    """Greedy decoding the way a model without a cache must: the whole
+    sequence through the model for every new token."""
+    for _ in range(new_tokens):
+        ids = np.concatenate([ids, model.logits(ids)[:, -1].argmax(axis=1)[:, None]], axis=1)
+    return ids
+
+
+def _hf_model(torch, model):
+    import tempfile
+
+    import transformers
+
+    from ssl_core.models import save_pretrained
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder)
+        return transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
