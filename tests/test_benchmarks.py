@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_layer_norm, bench_loss, bench_pretrain,
-                        bench_train, common)
+from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_generate, bench_layer_norm, bench_loss,
+                        bench_pretrain, bench_train, common)
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -98,6 +98,23 @@ def test_finetune_suite_times_both_loops_on_both_files(capsys):
         assert rows["FineTuning"].speedup == rows["HF Trainer"].ms / rows["FineTuning"].ms
     common.print_table(results)
     assert "fine-tune MiniLM (tagging)" in capsys.readouterr().out
+
+
+def test_generate_suite_times_ours_and_transformers(capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    results = bench_generate.run(torch, 1e9, repeats=2, models=("tiny",), batches=(2,), prompt_len=4, new_tokens=3)
+    rows = {r.variant: r for r in results}
+    assert set(rows) == {"greedy", "HF greedy", "sample top-p 0.9", "HF sample top-p 0.9"}
+    assert all(r.ms > 0 and r.bytes_moved > 0 and "tokens/s" in r.note for r in rows.values())
+    assert rows["greedy"].speedup == rows["HF greedy"].ms / rows["greedy"].ms
+    assert rows["sample top-p 0.9"].compare_to == "torch/HF sample top-p 0.9"
+    uncached = bench_generate.run(None, 1e9, repeats=2, models=("tiny",), batches=(1,), prompt_len=4, new_tokens=3)
+    rows = {r.variant: r for r in uncached}
+    assert set(rows) == {"greedy", "greedy, no cache", "sample top-p 0.9"}
+    assert rows["greedy, no cache"].compare_to == "ssl_core/greedy"
+    common.print_table(results + uncached)
+    assert "greedy, no cache" in capsys.readouterr().out
 
 
 def test_compare_sets_speedup():

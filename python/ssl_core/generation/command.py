@@ -48,11 +48,13 @@ def add_parser(commands):
     parser.add_argument("--threads", type=int, help="threads of the CPU kernels (default: all cores)")
 
 
-def run(args, out=sys.stdout):
-    """Generate for the parsed ``args``; returns the exit code (2 for bad input)."""
+def run(args, out=None):
+    """Generate for the parsed ``args``, writing to ``out`` (default: standard
+    output); returns the exit code (2 for bad input)."""
     import ssl_core
     from ssl_core.generation.text import generate_text, stream_text
 
+    out = out or sys.stdout
     options = {k: v for k, v in vars(args).items() if k not in ("command", "model", "prompt", "threads")}
     options.setdefault("max_new_tokens", 64)
     if "early_stopping" in options:

@@ -79,7 +79,8 @@ def _pieces(steps, tokenizer, stops, strings):
         text = tokenizer.decode(tokens)
         cut = cut_at_stop_string(text, strings)
         if cut != text:
-            yield cut[len(shown):]
+            if len(cut) > len(shown):
+                yield cut[len(shown):]
             return
         safe = len(text.rstrip("\ufffd"))
         for s in strings:  # hold back a tail that a stop string may begin with

@@ -55,7 +55,8 @@ class SelfAttention:
             masks = {"causal": True, "key_lengths": end}
         else:
             positions = start[:, None] + np.arange(T)
-            masks = {"mask": (np.arange(keys.shape[1]) <= positions[:, :, None])[:, None]}
+            # key_lengths too: a row's positions past its end were never written (np.empty, maybe NaN)
+            masks = {"mask": (np.arange(keys.shape[1]) <= positions[:, :, None])[:, None], "key_lengths": end}
         out = ops.attention(qkv[:, :, 0], keys, values, **masks)
         return self.out.apply(out.reshape(B, T, C))
 
