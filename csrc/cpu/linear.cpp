@@ -6,15 +6,15 @@
 //
 // Made for incremental decoding, where M is the batch (one token per row) and
 // every step reads all of a model's weights: the time is the weight matrix
-// streaming from memory, so W is read exactly once per call and x, being a
-// few rows, stays in L1/L2. BLAS libraries pack both operands for large M
+// streaming from memory, so W is read from memory once per call and x, being
+// a few rows, stays in L1/L2. BLAS libraries pack both operands for large M
 // and do poorly here: OpenBLAS took 18-20 ms for GPT-2's 50257 x 768 output
 // layer at M = 2..8 (8 GB/s), against 6-8 ms at M = 1.
 //
-// Each thread takes a contiguous share of W's rows; a tile of kTileRows rows
-// of W is dotted with kTileCols rows of x at a time, kTileRows x kTileCols
-// vector accumulators (12 of AVX2's 16 registers, 24 of AVX-512's 32), so
-// each loaded vector of W feeds kTileCols FMAs.
+// Each thread takes a contiguous share of W's rows. A tile dots R rows of W
+// with C rows of x, R x C vector accumulators in registers, and C is all of
+// x's rows up to kMaxCols, so each vector of W is loaded once and used C
+// times (more rows take several passes).
 #include "ssl_core/kernels.h"
 #include "ssl_core/runtime.h"
 #include "ssl_core/simd.h"
@@ -22,9 +22,19 @@
 namespace ssl_core::cpu::SSL_CORE_ISA {
 namespace {
 
-constexpr int kTileRows = 4;
-constexpr int kTileCols = kWidth == 16 ? 6 : 3;
+// Accumulators per tile: 12 of AVX2's (and SSE's) 16 vector registers, 24 of
+// AVX-512's 32, leaving room for the C vectors of x and one of W.
+constexpr int kAccumulators = kWidth == 16 ? 24 : 12;
+constexpr int kMaxCols = kWidth == 16 ? 12 : 8;
+// Floats of W ahead of the loads that are prefetched. The hardware prefetcher
+// alone fell behind at 8 rows of x (min over 40 calls, GPT-2's output layer:
+// 8.0 ms, against 5.8 ms with this and 5.4 ms for one row).
+constexpr int64_t kPrefetchDistance = 2048;
 constexpr int64_t kMinWeightsPerThread = 1 << 16;  // below this, a second thread costs more than it saves
+
+// Rows of W per tile for C rows of x: as many as the accumulators allow, up
+// to 4 (at least 4 independent FMA chains hide the FMA latency when C is 1).
+constexpr int rows_for(int C) { return kAccumulators / C >= 4 ? 4 : kAccumulators / C >= 1 ? kAccumulators / C : 1; }
 
 // out[c][r] = dot(x row c, W row r) over K, for R rows of W and C rows of x.
 template <int R, int C>
@@ -34,68 +44,66 @@ void dot_tile(float out[C][R], const float* const w[R], const float* const x[C],
     for (int r = 0; r < R; ++r) acc[c][r] = splat(0.0f);
   int64_t k = 0;
   for (; k + kWidth <= K; k += kWidth) {
-    Vec xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = load(x[c] + k);
     for (int r = 0; r < R; ++r) {
+      if (k % 16 == 0) __builtin_prefetch(w[r] + k + kPrefetchDistance);  // a cache line, once
       const Vec wv = load(w[r] + k);
-      for (int c = 0; c < C; ++c) acc[c][r] = fma(wv, xv[c], acc[c][r]);
+      for (int c = 0; c < C; ++c) acc[c][r] = fma(wv, load(x[c] + k), acc[c][r]);
     }
   }
   if (k < K) {  // masked loads read nothing past the rows and give zeros
     const int n = static_cast<int>(K - k);
-    Vec xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = load(x[c] + k, n);
     for (int r = 0; r < R; ++r) {
       const Vec wv = load(w[r] + k, n);
-      for (int c = 0; c < C; ++c) acc[c][r] = fma(wv, xv[c], acc[c][r]);
+      for (int c = 0; c < C; ++c) acc[c][r] = fma(wv, load(x[c] + k, n), acc[c][r]);
     }
   }
   for (int c = 0; c < C; ++c)
     for (int r = 0; r < R; ++r) out[c][r] = reduce_add(acc[c][r]);
 }
 
-// y[m0 .. m0+C, n0 .. n0+R] for one tile.
+// y[0 .. C, n0 .. n0 + R) for one tile (x and y hold exactly C rows).
 template <int R, int C>
-void tile(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias, int64_t n0, int64_t m0) {
+void tile(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias, int64_t n0) {
   const float* w[R];
   const float* xs[C];
   for (int r = 0; r < R; ++r) w[r] = weight.row(n0 + r);
-  for (int c = 0; c < C; ++c) xs[c] = x.row(m0 + c);
+  for (int c = 0; c < C; ++c) xs[c] = x.row(c);
   float out[C][R];
   dot_tile<R, C>(out, w, xs, x.cols);
   for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) y.row(m0 + c)[n0 + r] = out[c][r] + (bias ? bias[n0 + r] : 0.0f);
+    for (int r = 0; r < R; ++r) y.row(c)[n0 + r] = out[c][r] + (bias ? bias[n0 + r] : 0.0f);
 }
 
-// All rows of x against R rows of W from n0, kTileCols rows of x at a time.
-template <int R>
-void weight_rows(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias, int64_t n0) {
-  int64_t m0 = 0;
-  for (; m0 + kTileCols <= x.rows; m0 += kTileCols) tile<R, kTileCols>(y, x, weight, bias, n0, m0);
-  switch (x.rows - m0) {  // the remaining rows of x, fewer than kTileCols
-    case 1: tile<R, 1>(y, x, weight, bias, n0, m0); break;
-    case 2: tile<R, 2>(y, x, weight, bias, n0, m0); break;
-    case 3: if constexpr (kTileCols > 3) tile<R, 3>(y, x, weight, bias, n0, m0); break;
-    case 4: if constexpr (kTileCols > 4) tile<R, 4>(y, x, weight, bias, n0, m0); break;
-    case 5: if constexpr (kTileCols > 5) tile<R, 5>(y, x, weight, bias, n0, m0); break;
-    default: break;
+// tile<rows_of_w, rows_of_x> for run-time counts up to R and C.
+template <int R, int C>
+void any_tile(int rows_of_w, int rows_of_x, RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias,
+              int64_t n0) {
+  if (rows_of_x < C) {
+    if constexpr (C > 1) any_tile<R, C - 1>(rows_of_w, rows_of_x, y, x, weight, bias, n0);
+  } else if (rows_of_w < R) {
+    if constexpr (R > 1) any_tile<R - 1, C>(rows_of_w, rows_of_x, y, x, weight, bias, n0);
+  } else {
+    tile<R, C>(y, x, weight, bias, n0);
   }
 }
 
 }  // namespace
 
 void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias) {
-  const int64_t N = weight.rows;
-  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  const int threads = threads_for(N * weight.cols, kMinWeightsPerThread);
+  // More rows of x than kMaxCols: one pass over W per kMaxCols of them. (Going
+  // over each tile of W again from L1 instead was slower at 16 rows: x's rows
+  // no longer fit in L1.)
+  for (int64_t m0 = 0; m0 < x.rows; m0 += kMaxCols) {
+    const int cols = static_cast<int>(x.rows - m0 < kMaxCols ? x.rows - m0 : kMaxCols), rows = rows_for(cols);
+    const RowsView y_part{y.row(m0), cols, y.cols, y.row_stride};
+    const ConstRowsView x_part{x.row(m0), cols, x.cols, x.row_stride};
+    const int64_t N = weight.rows, tiles = (N + rows - 1) / rows;
+    const int threads = threads_for(N * weight.cols, kMinWeightsPerThread);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t n0 = t * kTileRows;
-    switch (N - n0 < kTileRows ? N - n0 : kTileRows) {
-      case 4: weight_rows<4>(y, x, weight, bias, n0); break;
-      case 3: weight_rows<3>(y, x, weight, bias, n0); break;
-      case 2: weight_rows<2>(y, x, weight, bias, n0); break;
-      default: weight_rows<1>(y, x, weight, bias, n0); break;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t n0 = t * rows;
+      const int rows_of_w = static_cast<int>(N - n0 < rows ? N - n0 : rows);
+      any_tile<4, kMaxCols>(rows_of_w, cols, y_part, x_part, weight, bias, n0);
     }
   }
 }
