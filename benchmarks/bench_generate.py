@@ -8,7 +8,9 @@ pretrain --size tiny`` trains). Prompts of 32 tokens, 64 new tokens each
 A row's time is the median over calls of one generate call's time divided by
 the tokens each row made: ms per decoding step. Also timed: decoding without
 the cache (the whole sequence through the model at every step, batch 1), and
-sampling with top-p 0.9.
+sampling with top-p 0.9; and the attention of one decoding step alone (one
+query per row over 512 cached positions), against torch's
+scaled_dot_product_attention.
 
 A decoding step must read every weight once, so "x bound" is the step's
 time over the time the weights take to stream at the copy bandwidth measured
@@ -18,6 +20,8 @@ Target (issue 8): at least 2x the tokens/s of transformers.
 """
 
 import numpy as np
+
+from ssl_core import ops
 
 from benchmarks.common import Result, median_seconds
 
@@ -66,7 +70,34 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                             tids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_p=0.9,
                             top_k=0, pad_token_id=0))
                     _compare_shape(results, shape, "ssl_core/sample top-p 0.9", "torch/HF sample top-p 0.9")
+    results += _attention_rows(torch, copy_bps, repeats)
     return results
+
+
+def _attention_rows(torch, copy_bps, repeats, batches=(1, 8), keys=512, heads=12, dim=64):
+    """One decoding step's attention, one query per row over a cache of
+    ``keys`` positions (GPT-2 small's heads), against torch's
+    scaled_dot_product_attention given its own (B, H, T, D) layout."""
+    rows = []
+    for batch in batches:
+        rng = np.random.default_rng(0)
+        cache = rng.standard_normal((2, batch, keys + 64, heads, dim), dtype=np.float32)
+        k, v = cache[0, :, :keys], cache[1, :, :keys]  # views of a larger cache, as decoding reads them
+        q = rng.standard_normal((batch, 1, heads, dim), dtype=np.float32)
+        lengths = np.full(batch, keys)
+        shape = f"B{batch} H{heads} D{dim} 1x{keys}"
+        nbytes = 2 * batch * keys * heads * dim * 4
+        ms = median_seconds(lambda: ops.attention(q, k, v, key_lengths=lengths), repeats) * 1e3
+        rows.append(Result("attention, 1 query", shape, "ssl_core", "cache views", ms, nbytes,
+                           nbytes / copy_bps * 1e3))
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 1, 3))) for a in (q, k, v))
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            with torch.inference_mode():
+                ms = median_seconds(lambda: sdpa(tq, tk, tv), repeats) * 1e3
+            rows.append(Result("attention, 1 query", shape, "torch", "sdpa", ms, nbytes, nbytes / copy_bps * 1e3))
+            _compare_shape(rows, shape, "ssl_core/cache views", "torch/sdpa")
+    return rows
 
 
 def _compare_shape(results, shape, impl_variant, reference_variant):

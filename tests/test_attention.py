@@ -374,6 +374,16 @@ def test_one_query_against_a_cache(cpu_isa, rng, D):
     check_forward(q * 40, k, v, key_lengths=key_lengths)  # large scores: the max is subtracted
 
 
+def test_one_query_with_many_heads(cpu_isa, rng, num_threads):
+    """One row of 70 heads: the heads are split into groups (over threads, and
+    at most 64 a group), each with its own explicit mask row."""
+    for threads in (1, 2):
+        num_threads(threads)
+        q, k, v = make_inputs(rng, 1, 1, 90, 70, 8)
+        check_forward(q, k, v)
+        check_forward(q, k, v, mask=rng.random((1, 70, 1, 90)) < 0.5, key_lengths=np.array([77]))
+
+
 def test_out_buffers_are_filled_in_place(cpu_isa, rng):
     q, k, v = make_inputs(rng, 3, 65, 70, 2, 32)
     options = dict(causal=True, key_lengths=np.array([70, 0, 33]))
