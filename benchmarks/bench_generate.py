@@ -23,7 +23,7 @@ import numpy as np
 
 from ssl_core import ops
 
-from benchmarks.common import Result, median_seconds
+from benchmarks.common import Result, compare, median_seconds
 
 OP = "generate"
 MODELS = {"gpt2-small": ("base", 50257), "tiny": ("tiny", 8192)}
@@ -57,10 +57,10 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                     row("torch", "HF greedy", lambda: hf.generate(tids, max_new_tokens=new_tokens,
                                                                    min_new_tokens=new_tokens, do_sample=False,
                                                                    pad_token_id=0))
-                _compare_shape(results, shape, "ssl_core/greedy", "torch/HF greedy")
+                compare(results, OP, "ssl_core/greedy", "torch/HF greedy", shape)
             if uncached and batch == 1:
                 row("ssl_core", "greedy, no cache", lambda: _uncached_greedy(model, ids, new_tokens), n_calls=1)
-                _compare_shape(results, shape, "ssl_core/greedy, no cache", "ssl_core/greedy")
+                compare(results, OP, "ssl_core/greedy, no cache", "ssl_core/greedy", shape)
             if name == "tiny":
                 row("ssl_core", "sample top-p 0.9", lambda: model.generate(ids, max_new_tokens=new_tokens,
                                                                            strategy="sample", top_p=0.9, seed=0))
@@ -69,7 +69,7 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                         row("torch", "HF sample top-p 0.9", lambda: hf.generate(
                             tids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_p=0.9,
                             top_k=0, pad_token_id=0))
-                    _compare_shape(results, shape, "ssl_core/sample top-p 0.9", "torch/HF sample top-p 0.9")
+                    compare(results, OP, "ssl_core/sample top-p 0.9", "torch/HF sample top-p 0.9", shape)
     results += _attention_rows(torch, copy_bps, repeats)
     return results
 
@@ -96,16 +96,8 @@ def _attention_rows(torch, copy_bps, repeats, batches=(1, 8), keys=512, heads=12
             with torch.inference_mode():
                 ms = median_seconds(lambda: sdpa(tq, tk, tv), repeats) * 1e3
             rows.append(Result("attention, 1 query", shape, "torch", "sdpa", ms, nbytes, nbytes / copy_bps * 1e3))
-            _compare_shape(rows, shape, "ssl_core/cache views", "torch/sdpa")
+            compare(rows, "attention, 1 query", "ssl_core/cache views", "torch/sdpa", shape)
     return rows
-
-
-def _compare_shape(results, shape, impl_variant, reference_variant):
-    """common.compare, within the rows of one shape."""
-    rows = {f"{r.impl}/{r.variant}": r for r in results if r.shape == shape}
-    if impl_variant in rows and reference_variant in rows:
-        rows[impl_variant].compare_to = reference_variant
-        rows[impl_variant].speedup = rows[reference_variant].ms / rows[impl_variant].ms
 
 
 def _uncached_greedy(model, ids, new_tokens):

@@ -126,9 +126,10 @@ def load_torch(threads):
     return torch
 
 
-def compare(results, op, impl_variant, reference_variant):
-    """Sets speedup of row `impl_variant` relative to row `reference_variant` ("impl/variant")."""
-    rows = {f"{r.impl}/{r.variant}": r for r in results if r.op == op}
+def compare(results, op, impl_variant, reference_variant, shape=None):
+    """Sets speedup of row `impl_variant` relative to row `reference_variant` ("impl/variant"),
+    among the rows of `op` (and of `shape`, if given)."""
+    rows = {f"{r.impl}/{r.variant}": r for r in results if r.op == op and shape in (None, r.shape)}
     if impl_variant in rows and reference_variant in rows:
         rows[impl_variant].compare_to = reference_variant
         rows[impl_variant].speedup = rows[reference_variant].ms / rows[impl_variant].ms
