@@ -1,36 +1,65 @@
-"""A linear layer for few rows: y = x Wᵀ + b, the matrix products of
+"""A linear layer, y = x Wᵀ + b, with a kernel for the products BLAS does
+poorly: a few rows of x against a weight matrix streamed from memory, as in
 incremental decoding (one token per sequence per step)."""
+
+import numpy as np
 
 from ssl_core import _C
 from ssl_core.ops._dispatch import require_numpy
 
-# Rows of x up to which the kernel runs; above, the array library's BLAS,
-# which packs its operands for large products. (benchmarks/bench_linear.py)
-FEW_ROWS = 32
+# When ops.linear picks the kernel: for 2 to 32 rows of x. There OpenBLAS
+# packs its operands for a matrix product and streams a weight matrix from
+# memory at about 8 GB/s: 18-22 ms for GPT-2's 50257 x 768 output layer at 2
+# to 8 rows, against 6-13 ms for the kernel. For one row, BLAS's
+# matrix-vector product was the faster: GPT-2 small decoding steps, the two
+# choices interleaved in one process (min of 6 calls of 24 steps): batch 1,
+# 27.4 ms a step with BLAS and 33.6 with the kernel; batch 8, 93.2 with BLAS
+# and 56.3 with the kernel.
+KERNEL_ROWS = (2, 32)
 
 
-def linear(x, weight, bias=None, *, out=None):
+def linear(x, weight, bias=None, *, out=None, kernel=None):
     """y = x weightᵀ + bias.
 
     Args:
         x: float32 (..., K) with a contiguous last axis (rows may be strided).
         weight: float32 (N, K), the torch.nn.Linear layout, contiguous last axis.
         bias: optional float32 (N,).
-        out: optional float32 (..., N) to write into (must not overlap the inputs).
+        out: optional float32 (..., N) to write into.
+        kernel: None picks ours for 2 to 32 rows of x (KERNEL_ROWS), NumPy's
+            matmul (BLAS) otherwise; True or False forces the choice. The kernel reads weight from
+            memory once per call; its out must not overlap the inputs.
 
     Returns:
-        float32 (..., N). When x has at most FEW_ROWS rows (its leading axes
-        flattened), the kernel reads weight from memory once, which is what
-        decoding's time is made of; larger x goes to NumPy's matmul.
+        float32 (..., N).
     """
     require_numpy(x=x, weight=weight, bias=bias, out=out)
-    rows = x.size // x.shape[-1] if getattr(x, "ndim", 0) and x.shape[-1] else 0
-    if rows > FEW_ROWS and getattr(weight, "ndim", 0) == 2 and x.dtype == weight.dtype:
-        y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
-        if bias is not None:
-            y += bias
-        if out is not None:
-            out[...] = y
-            return out
+    _check(x, weight, bias, out)
+    rows = x.size // max(x.shape[-1], 1)
+    if kernel is None:
+        kernel = KERNEL_ROWS[0] <= rows <= KERNEL_ROWS[1]
+    if kernel:
+        return _C.linear_forward(x, weight, bias, out)
+    y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    if bias is not None:
+        y += bias
+    if out is None:
         return y
-    return _C.linear_forward(x, weight, bias, out)
+    out[...] = y
+    return out
+
+
+def _check(x, weight, bias, out):
+    """The argument errors both paths raise alike."""
+    for name, array in (("x", x), ("weight", weight), ("bias", bias), ("out", out)):
+        if array is not None and array.dtype != np.float32:
+            raise TypeError(f"{name} must be a numpy.ndarray of float32, got an array of {array.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1] if x.ndim else 0} features in its last axis, weight {weight.shape} "
+                         f"expects {weight.shape[1]}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if out is not None and out.shape != (*x.shape[:-1], weight.shape[0]):
+        raise ValueError(f"out must have shape {(*x.shape[:-1], weight.shape[0])}, got {out.shape}")
