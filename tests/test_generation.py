@@ -316,6 +316,21 @@ def test_beam_search_with_one_beam_is_greedy(model, rng):
                                   model.generate(ids, max_new_tokens=10))
 
 
+def test_beam_search_over_prompts_of_different_lengths_treats_each_alone(pairs, rng):
+    """A batch of prompts of 3, 9 and 5 tokens (per-row cache lengths, beams
+    repeated per prompt) gives each prompt's beams as it gives them alone."""
+    model = pairs["positional"][0]
+    prompts = [list(rng.integers(0, V, n)) for n in (3, 9, 5)]
+    options = dict(strategy="beam", num_beams=3, max_new_tokens=10, num_return_sequences=2)
+    stop = int(model.generate([prompts[1]], max_new_tokens=4)[0, -2])  # a token greedy decoding makes early
+    together = model.generate(prompts, stop_token_ids=[stop], **options)
+    for i, prompt in enumerate(prompts):
+        alone = model.generate([prompt], stop_token_ids=[stop], **options)
+        np.testing.assert_array_equal(together[2 * i:2 * i + 2, :alone.shape[1]], alone)
+        assert (together[2 * i:2 * i + 2, alone.shape[1]:] == stop).all()  # padded with the stop token
+    assert together.shape[1] < max(map(len, prompts)) + 10 or (together == stop).any()  # some beam stopped
+
+
 # ------------------------------------------------------------------ sampling --
 def test_sampling_is_reproducible_by_seed(model, rng):
     ids = rng.integers(0, V, (2, 5))
