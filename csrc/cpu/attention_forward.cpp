@@ -160,7 +160,7 @@ void query_block(HeadsView out, float* lse, const Inputs& in, const HeadMask& hm
 // hardware prefetcher follows poorly). benchmarks/bench_generate.py times it
 // against torch's scaled_dot_product_attention.
 constexpr int64_t kMaxHeadsPerGroup = 64;
-constexpr int64_t kMinSingleQueryWork = int64_t{1} << 16;  // floats of k and v per thread (256 KB)
+constexpr int64_t kMinSingleQueryWork = int64_t{1} << 18;  // floats of k and v per thread (1 MB)
 
 struct SingleQueryScratch {
   SingleQueryScratch(Carver& c, int64_t heads, int64_t Tk, int64_t Dp)
