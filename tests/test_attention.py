@@ -379,9 +379,9 @@ def test_one_query_with_many_heads(cpu_isa, rng, num_threads):
     at most 64 a group), each with its own explicit mask row."""
     for threads in (1, 2):
         num_threads(threads)
-        q, k, v = make_inputs(rng, 1, 1, 90, 70, 8)
+        q, k, v = make_inputs(rng, 1, 1, 600, 70, 8)  # enough keys and values (2 x 1.3 MB) for two threads
         check_forward(q, k, v)
-        check_forward(q, k, v, mask=rng.random((1, 70, 1, 90)) < 0.5, key_lengths=np.array([77]))
+        check_forward(q, k, v, mask=rng.random((1, 70, 1, 600)) < 0.5, key_lengths=np.array([577]))
 
 
 def test_out_buffers_are_filled_in_place(cpu_isa, rng):
