@@ -4,7 +4,8 @@ torch (CPU), the same weights, prompts and thread count, in one process.
 Models: GPT-2 small (124M parameters, GPT-2's vocabulary of 50,257) and the
 tiny preset (2 layers, 128 wide, a vocabulary of 8,192 as ``ssl-core
 pretrain --size tiny`` trains). Prompts of 32 tokens, 64 new tokens each
-(no stop token, so every call makes all of them), greedy, at batch 1 and 8.
+(no stop token, so every call makes all of them), greedy, at batch 1 and 8,
+with float32 weights and with the bfloat16 copy (GPT.bfloat16_copy).
 A row's time is the median over calls of one generate call's time divided by
 the tokens each row made: ms per decoding step. Also timed: decoding without
 the cache (the whole sequence through the model at every step, batch 1), and
@@ -37,6 +38,7 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
     for name in models:
         preset, vocab = MODELS[name]
         model = GPT(GPTConfig.preset(preset, vocab_size=vocab), seed=0).eval()
+        half = model.bfloat16_copy()
         weight_bytes = model.params.data.nbytes
         hf = _hf_model(torch, model) if torch is not None else None
         calls = max(2, min(repeats, 5 if preset == "base" else repeats))
@@ -51,6 +53,9 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                 results.append(result)
 
             row("ssl_core", "greedy", lambda: model.generate(ids, max_new_tokens=new_tokens))
+            row("ssl_core", "greedy, bfloat16", lambda: half.generate(ids, max_new_tokens=new_tokens))
+            results[-1].bytes_moved = _bfloat16_bytes(model)
+            results[-1].bound_ms = results[-1].bytes_moved / copy_bps * 1e3
             if hf is not None:
                 tids = torch.from_numpy(ids)
                 with torch.inference_mode():
@@ -58,6 +63,7 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                                                                    min_new_tokens=new_tokens, do_sample=False,
                                                                    pad_token_id=0))
                 compare(results, OP, "ssl_core/greedy", "torch/HF greedy", shape)
+                compare(results, OP, "ssl_core/greedy, bfloat16", "torch/HF greedy", shape)
             if uncached and batch == 1:
                 row("ssl_core", "greedy, no cache", lambda: _uncached_greedy(model, ids, new_tokens), n_calls=1)
                 compare(results, OP, "ssl_core/greedy, no cache", "ssl_core/greedy", shape)
@@ -98,6 +104,12 @@ def _attention_rows(torch, copy_bps, repeats, batches=(1, 8), keys=512, heads=12
             rows.append(Result("attention, 1 query", shape, "torch", "sdpa", ms, nbytes, nbytes / copy_bps * 1e3))
             compare(rows, "attention, 1 query", "ssl_core/cache views", "torch/sdpa", shape)
     return rows
+
+
+def _bfloat16_bytes(model):
+    """Bytes of weights a step reads with bfloat16 matrices: half of theirs."""
+    matrices = sum(p.size for p in model.params if p.name.startswith("layers.") and len(p.shape) == 2)
+    return model.params.data.nbytes - matrices * 2 - model.wte.weight.size * 2
 
 
 def _uncached_greedy(model, ids, new_tokens):

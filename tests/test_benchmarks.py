@@ -108,13 +108,14 @@ def test_generate_suite_times_ours_and_transformers(capsys):
     assert {r.variant for r in attention} == {"cache views", "sdpa"} and all(r.ms > 0 for r in attention)
     assert next(r for r in attention if r.impl == "ssl_core").compare_to == "torch/sdpa"
     rows = {r.variant: r for r in results if r.op == bench_generate.OP}
-    assert set(rows) == {"greedy", "HF greedy", "sample top-p 0.9", "HF sample top-p 0.9"}
+    assert set(rows) == {"greedy", "greedy, bfloat16", "HF greedy", "sample top-p 0.9", "HF sample top-p 0.9"}
+    assert rows["greedy, bfloat16"].bytes_moved < rows["greedy"].bytes_moved
     assert all(r.ms > 0 and r.bytes_moved > 0 and "tokens/s" in r.note for r in rows.values())
     assert rows["greedy"].speedup == rows["HF greedy"].ms / rows["greedy"].ms
     assert rows["sample top-p 0.9"].compare_to == "torch/HF sample top-p 0.9"
     uncached = bench_generate.run(None, 1e9, repeats=2, models=("tiny",), batches=(1,), prompt_len=4, new_tokens=3)
     rows = {r.variant: r for r in uncached if r.op == bench_generate.OP}
-    assert set(rows) == {"greedy", "greedy, no cache", "sample top-p 0.9"}
+    assert set(rows) == {"greedy", "greedy, bfloat16", "greedy, no cache", "sample top-p 0.9"}
     assert rows["greedy, no cache"].compare_to == "ssl_core/greedy"
     common.print_table(results + uncached)
     assert "greedy, no cache" in capsys.readouterr().out

@@ -39,6 +39,14 @@ def test_streams_the_greedy_continuation(gpt_folder, capsys):
     assert expected and out == PROMPT + expected + "\n"
 
 
+def test_bfloat16_weights(gpt_folder, capsys):
+    folder, tokenizer = gpt_folder
+    code, out, _ = run(capsys, "--model", folder, "--prompt", PROMPT, "--max-new-tokens", "12", "--bfloat16")
+    assert code == 0
+    model = cli.generate_command.load_generator(folder)[0].bfloat16_copy()
+    assert out == PROMPT + generate_text(model, tokenizer, PROMPT, max_new_tokens=12) + "\n"
+
+
 def test_sampling_is_seeded_and_beams_print_each(gpt_folder, capsys):
     folder, _ = gpt_folder
     sample = ["--model", folder, "--prompt", PROMPT, "--strategy", "sample", "--top-p", "0.9", "--temperature",

@@ -73,6 +73,10 @@ void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const flo
   SSL_CORE_PICK(linear_forward)(y, x, weight, bias);
 }
 
+void linear_forward_bf16(RowsView y, ConstRowsView x, RowsViewT<const uint16_t> weight, const float* bias) {
+  SSL_CORE_PICK(linear_forward_bf16)(y, x, weight, bias);
+}
+
 void copy_memory(void* dst, const void* src, int64_t bytes) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t blocks = (bytes + kBlock - 1) / kBlock;

@@ -3,6 +3,7 @@
 // these and against NumPy; select them at run time with
 // ssl_core.set_cpu_isa("reference") or SSL_CORE_CPU_ISA=reference.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "ssl_core/kernels.h"
@@ -105,6 +106,24 @@ void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const flo
     for (int64_t n = 0; n < weight.rows; ++n) {
       double sum = bias ? bias[n] : 0.0;
       for (int64_t k = 0; k < x.cols; ++k) sum += static_cast<double>(x.row(m)[k]) * weight.row(n)[k];
+      y.row(m)[n] = static_cast<float>(sum);
+    }
+}
+
+// bfloat16 is the high 16 bits of a float32.
+static float from_bfloat16(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof value);
+  return value;
+}
+
+void linear_forward_bf16(RowsView y, ConstRowsView x, RowsViewT<const uint16_t> weight, const float* bias) {
+  for (int64_t m = 0; m < x.rows; ++m)
+    for (int64_t n = 0; n < weight.rows; ++n) {
+      double sum = bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < x.cols; ++k)
+        sum += static_cast<double>(x.row(m)[k]) * from_bfloat16(weight.row(n)[k]);
       y.row(m)[n] = static_cast<float>(sum);
     }
 }

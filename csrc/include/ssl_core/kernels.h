@@ -30,7 +30,8 @@ enum class GeluApproximation { none, tanh };
 // every row of d_hidden is written (zeros where unlabelled).
 // AdamW (optimizer.h): params, m, v, grads (n,) each; params, m, v updated.
 // Linear: y (M, N) = x (M, K) weightᵀ + bias, weight (N, K), bias (N,) or null;
-// made for few rows of x (decoding), where weight streams from memory once.
+// made for few rows of x (decoding), where weight streams from memory once;
+// the _bf16 form takes weight as bfloat16 bits (uint16).
 #define SSL_CORE_CPU_KERNEL_DECLARATIONS                                          \
   void layer_norm_forward(RowsView y, float* mean, float* rstd, ConstRowsView x, \
                           const float* weight, const float* bias, float eps);    \
@@ -54,7 +55,9 @@ enum class GeluApproximation { none, tanh };
       const CrossEntropyOptions& options);                                               \
   void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n,    \
                     const AdamWOptions& options);                                        \
-  void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias);
+  void linear_forward(RowsView y, ConstRowsView x, ConstRowsView weight, const float* bias);            \
+  void linear_forward_bf16(RowsView y, ConstRowsView x, RowsViewT<const uint16_t> weight,              \
+                           const float* bias);
 
 namespace reference { SSL_CORE_CPU_KERNEL_DECLARATIONS }
 namespace portable { SSL_CORE_CPU_KERNEL_DECLARATIONS }

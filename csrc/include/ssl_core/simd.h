@@ -4,6 +4,8 @@
 // lanes, SSE2 or NEON). Which one a file gets depends on the flags it is
 // compiled with (CMakeLists.txt compiles each kernel file once per set).
 //
+// load_bf16 widens bfloat16 weights (uint16 bits) to float32 lanes.
+//
 // Everything lives in namespace ssl_core::cpu::SSL_CORE_ISA so that the three
 // compilations of the same inline code can never be merged by the linker:
 // an AVX-512 copy of a helper must not end up called from the portable path.
@@ -61,6 +63,15 @@ inline Mask not_less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NL
 inline Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
 // a * 2^n for integral n; vscalefps gets overflow, underflow and subnormals right.
 inline Vec ldexp(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
+// bfloat16 bits (the high half of a float32) widened to float32, exactly.
+inline Vec load_bf16(const uint16_t* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))};
+}
+inline Vec load_bf16(const uint16_t* p, int n) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(first_lanes(n), p);
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))};
+}
 
 #elif defined(__AVX2__) && defined(__FMA__)
 // ------------------------------------------------------------- AVX2 + FMA --
@@ -101,6 +112,15 @@ inline Mask not_less(Vec a, Vec b) { return _mm256_cmp_ps(a.v, b.v, _CMP_NLT_UQ)
 inline Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
 // a * 2^n for integral n in [-252, 254], in two exact steps so that results
 // down to the subnormal range and up to overflow come out right.
+inline Vec load_bf16(const uint16_t* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16))};
+}
+inline Vec load_bf16(const uint16_t* p, int n) {
+  uint16_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(lanes, p, sizeof(uint16_t) * n);
+  return load_bf16(lanes);
+}
 inline Vec ldexp(Vec a, Vec n) {
   __m256i k = _mm256_cvtps_epi32(n.v);
   __m256i half = _mm256_srai_epi32(k, 1);
@@ -168,6 +188,14 @@ inline Vec ldexp(Vec a, Vec n) {
   for (int i = 0; i < 4; ++i) r.v[i] = __builtin_ldexpf(a.v[i], static_cast<int>(n.v[i]));
   return r;
 }
+inline Vec load_bf16(const uint16_t* p, int n) {
+  I4 bits = {0, 0, 0, 0};
+  for (int i = 0; i < n; ++i) bits[i] = static_cast<int32_t>(static_cast<uint32_t>(p[i]) << 16);
+  Vec a;
+  std::memcpy(&a.v, &bits, sizeof bits);
+  return a;
+}
+inline Vec load_bf16(const uint16_t* p) { return load_bf16(p, 4); }
 #endif
 
 // ------------------------------------------------ shared by all three sets --

@@ -52,9 +52,14 @@ class GPT(Model):
             x = layer.forward(x, **masks)
         return self.ln_f.forward(x)
 
+    @property
+    def head_weight(self):
+        """The output layer's weight (V, C): the token embeddings, tied."""
+        return self.wte.weight.data
+
     def logits(self, input_ids, token_type_ids=None, attention_mask=None):
         """Next-token logits at every position, float32 (B, T, V)."""
-        return self.hidden_states(input_ids, token_type_ids, attention_mask) @ self.wte.weight.data.T
+        return ops.linear(self.hidden_states(input_ids, token_type_ids, attention_mask), self.head_weight)
 
     def new_cache(self, batch, capacity):
         """An empty key/value cache (generation.KVCache) for ``batch`` rows of
@@ -83,7 +88,15 @@ class GPT(Model):
             x = layer.decode(x, layer_cache, start)
         cache.lengths = start + count
         last = self.ln_f.apply(x[np.arange(B), count - 1])
-        return ops.linear(last, self.wte.weight.data)
+        return ops.linear(last, self.head_weight)
+
+    def bfloat16_copy(self):
+        """A copy for generation whose linear layers and output layer hold
+        bfloat16 weights: half the bytes a decoding step streams from memory
+        (generation.bfloat16). A snapshot of the current weights."""
+        from ssl_core.generation.bfloat16 import BFloat16GPT
+
+        return BFloat16GPT(self)
 
     def generate(self, input_ids, attention_mask=None, tokenizer=None, **options):
         """Continue prompts: ``generation.generate`` with this model (its

@@ -18,16 +18,36 @@ from ssl_core.ops._dispatch import require_numpy
 KERNEL_ROWS = (2, 32)
 
 
+def to_bfloat16(array):
+    """float32 -> bfloat16, as the uint16 bits NumPy can hold (it has no
+    bfloat16 type): the high half of each float32, rounded to nearest even.
+    NaN stays NaN; values beyond bfloat16's range become inf."""
+    bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    nan = np.isnan(array)
+    return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
+
+
+def from_bfloat16(bits):
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 def linear(x, weight, bias=None, *, out=None, kernel=None):
     """y = x weightᵀ + bias.
 
     Args:
         x: float32 (..., K) with a contiguous last axis (rows may be strided).
-        weight: float32 (N, K), the torch.nn.Linear layout, contiguous last axis.
+        weight: (N, K), the torch.nn.Linear layout, contiguous last axis:
+            float32, or bfloat16 as uint16 bits (``to_bfloat16``), which the
+            kernel widens to float32 as it reads them: half the memory
+            traffic, float32 arithmetic.
         bias: optional float32 (N,).
         out: optional float32 (..., N) to write into.
         kernel: None picks ours for 2 to 32 rows of x (KERNEL_ROWS), NumPy's
-            matmul (BLAS) otherwise; True or False forces the choice. The kernel reads weight from
+            matmul (BLAS) otherwise, and ours for bfloat16 weights up to 32
+            rows; True or False forces the choice (BLAS gets bfloat16
+            weights widened to a float32 copy). The kernel reads weight from
             memory once per call; its out must not overlap the inputs.
 
     Returns:
@@ -36,10 +56,13 @@ def linear(x, weight, bias=None, *, out=None, kernel=None):
     require_numpy(x=x, weight=weight, bias=bias, out=out)
     _check(x, weight, bias, out)
     rows = x.size // max(x.shape[-1], 1)
+    bf16 = weight.dtype == np.uint16
     if kernel is None:
-        kernel = KERNEL_ROWS[0] <= rows <= KERNEL_ROWS[1]
+        kernel = (1 if bf16 else KERNEL_ROWS[0]) <= rows <= KERNEL_ROWS[1]
     if kernel:
         return _C.linear_forward(x, weight, bias, out)
+    if bf16:
+        weight = from_bfloat16(weight)
     y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
     if bias is not None:
         y += bias
@@ -51,9 +74,11 @@ def linear(x, weight, bias=None, *, out=None, kernel=None):
 
 def _check(x, weight, bias, out):
     """The argument errors both paths raise alike."""
-    for name, array in (("x", x), ("weight", weight), ("bias", bias), ("out", out)):
+    for name, array in (("x", x), ("bias", bias), ("out", out)):
         if array is not None and array.dtype != np.float32:
             raise TypeError(f"{name} must be a numpy.ndarray of float32, got an array of {array.dtype}")
+    if weight.dtype not in (np.float32, np.uint16):
+        raise TypeError(f"weight must be a numpy.ndarray of float32 (or uint16 bfloat16 bits), got {weight.dtype}")
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {weight.shape}")
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
