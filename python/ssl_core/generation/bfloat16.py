@@ -14,23 +14,32 @@ the float32 model's where two tokens are nearly tied.
 
 import copy
 
+from ssl_core import ops
 from ssl_core.models.gpt import GPT
-from ssl_core.ops.linear import to_bfloat16
+from ssl_core.ops.linear import KERNEL_ROWS, from_bfloat16, to_bfloat16
 
 
-class _FrozenWeight:
-    """Stands in for a Parameter: ``data`` is the bfloat16 bits (uint16)."""
+class _BFloat16Linear:
+    """A Linear layer's inference with bfloat16 weights. Up to KERNEL_ROWS[1]
+    rows of x (decoding steps), the kernel reads the bits; more rows (a long
+    prompt's prefill) go to BLAS with a float32 widening of the bits, made on
+    first need and kept: widening 124M weights on every prefill took longer
+    than the prefill."""
 
-    __slots__ = ("data",)
+    def __init__(self, layer):
+        self.bits = to_bfloat16(layer.weight.data)
+        self.bias = layer.bias
+        self._widened = None
 
-    def __init__(self, data):
-        self.data = data
+    def apply(self, x):
+        weight = self.bits
+        if x.size // x.shape[-1] > KERNEL_ROWS[1]:
+            if self._widened is None:
+                self._widened = from_bfloat16(self.bits)
+            weight = self._widened
+        return ops.linear(x, weight, None if self.bias is None else self.bias.data)
 
-
-def _linear(layer):
-    layer = copy.copy(layer)
-    layer.weight = _FrozenWeight(to_bfloat16(layer.weight.data))
-    return layer
+    forward = apply  # the full forward (GPT.logits) saves nothing: the copy never runs a backward
 
 
 def _block(block):
@@ -40,8 +49,8 @@ def _block(block):
     block.attn, block.ffn = copy.copy(block.attn), copy.copy(block.ffn)
     block.drop1, block.drop2 = copy.copy(block.drop1), copy.copy(block.drop2)
     block.set_training(False)
-    block.attn.qkv, block.attn.out = _linear(block.attn.qkv), _linear(block.attn.out)
-    block.ffn.up, block.ffn.down = _linear(block.ffn.up), _linear(block.ffn.down)
+    block.attn.qkv, block.attn.out = _BFloat16Linear(block.attn.qkv), _BFloat16Linear(block.attn.out)
+    block.ffn.up, block.ffn.down = _BFloat16Linear(block.ffn.up), _BFloat16Linear(block.ffn.down)
     return block
 
 

@@ -85,6 +85,3 @@ class KVCache:
             layer.values = np.repeat(layer.values, n, axis=0)
         self.lengths = np.repeat(self.lengths, n)
         return self
-
-    def nbytes(self):
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
