@@ -6,7 +6,7 @@ import pytest
 
 from ssl_core import cli
 from ssl_core.data import EmbeddedSource, train_tokenizer
-from ssl_core.generation import generate_text
+from ssl_core.generation import generate_text, stream_text
 from ssl_core.models import GPT, Bert, BertConfig, GPTConfig, save_pretrained
 from ssl_core.train.checkpoint import write_model
 
@@ -37,6 +37,21 @@ def test_streams_the_greedy_continuation(gpt_folder, capsys):
     model = cli.generate_command.load_generator(folder)[0]
     expected = generate_text(model, tokenizer, PROMPT, max_new_tokens=12)
     assert expected and out == PROMPT + expected + "\n"
+
+
+def test_text_helpers_take_tokenizers_and_transformers_tokenizers(gpt_folder):
+    """generate_text and stream_text with the folder's tokenizer as ours, as a
+    tokenizers.Tokenizer and as transformers' AutoTokenizer: the same text."""
+    transformers = pytest.importorskip("transformers")
+    folder, tokenizer = gpt_folder
+    model = cli.generate_command.load_generator(folder)[0]
+    options = dict(max_new_tokens=15, repetition_penalty=1.2)
+    ours = generate_text(model, tokenizer, PROMPT, **options)
+    assert ours
+    assert generate_text(model, tokenizer.backend, PROMPT, stop_token_ids=[tokenizer.eot_id], **options) == ours
+    auto = transformers.AutoTokenizer.from_pretrained(folder)
+    assert generate_text(model, auto, PROMPT, **options) == ours  # its eos_token_id stops it, as ours
+    assert "".join(stream_text(model, auto, PROMPT, **options)) == ours
 
 
 def test_bfloat16_weights(gpt_folder, capsys):

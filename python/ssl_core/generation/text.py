@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ssl_core.data.tokenizer import TextTokenizer
 from ssl_core.generation.api import generate, stream
 from ssl_core.generation.stopping import cut_at_stop_string
 
@@ -9,11 +10,11 @@ from ssl_core.generation.stopping import cut_at_stop_string
 def _encode(tokenizer, prompt):
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    if hasattr(tokenizer, "encode_batch") or not hasattr(tokenizer, "backend"):
-        ids = tokenizer.encode(prompt, add_special_tokens=False)  # transformers or tokenizers
+    if isinstance(tokenizer, TextTokenizer):
+        ids = tokenizer.encode([prompt])[0][0]
+    else:  # a tokenizers.Tokenizer (which returns an Encoding) or a transformers tokenizer (a list)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
         ids = getattr(ids, "ids", ids)
-    else:
-        ids = tokenizer.encode([prompt])[0][0]  # ssl_core.data.TextTokenizer
     return [int(i) for i in ids]
 
 
