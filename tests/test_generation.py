@@ -17,7 +17,7 @@ from ssl_core.data import train_tokenizer
 from ssl_core.generation import generate, generate_text, stream, stream_text
 from ssl_core.generation.config import GenerationConfig
 from ssl_core.generation.logits import draw, keep_top_k, keep_top_p, penalize_repetitions, sampling_scores
-from ssl_core.models import GPT, GPTConfig, save_pretrained
+from ssl_core.models import GPT, GPTConfig, from_pretrained, save_pretrained
 
 V, P = 300, 128  # vocabulary and context window of the tiny model
 
@@ -314,6 +314,22 @@ def test_beam_search_with_one_beam_is_greedy(model, rng):
     ids = rng.integers(0, V, (2, 5))
     np.testing.assert_array_equal(model.generate(ids, strategy="beam", num_beams=1, max_new_tokens=10),
                                   model.generate(ids, max_new_tokens=10))
+
+
+def test_a_transformers_checkpoint_generates_as_transformers(tmp_path, rng):
+    """A GPT2LMHeadModel that transformers initialized and saved (Conv1D
+    layout), loaded with from_pretrained: greedy and beam search as transformers'."""
+    config = transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=P,
+                                     initializer_range=0.3, bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    ours = from_pretrained(str(tmp_path))
+    ids = rng.integers(0, V, (2, 6))
+    np.testing.assert_array_equal(ours.generate(ids, max_new_tokens=12),
+                                  hf_generate(hf, ids, max_new_tokens=12, do_sample=False, pad_token_id=0))
+    np.testing.assert_array_equal(ours.generate(ids, strategy="beam", num_beams=3, max_new_tokens=8),
+                                  hf_generate(hf, ids, max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=0))
 
 
 def test_beam_search_over_prompts_of_different_lengths_treats_each_alone(pairs, rng):
