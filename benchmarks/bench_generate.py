@@ -5,7 +5,9 @@ Models: GPT-2 small (124M parameters, GPT-2's vocabulary of 50,257) and the
 tiny preset (2 layers, 128 wide, a vocabulary of 8,192 as ``ssl-core
 pretrain --size tiny`` trains). Prompts of 32 tokens, 64 new tokens each
 (no stop token, so every call makes all of them), greedy, at batch 1 and 8,
-with float32 weights and with the bfloat16 copy (GPT.bfloat16_copy).
+with float32 weights and with the bfloat16 copy (GPT.bfloat16_copy), and
+with ops.linear's other path (its kernel at batch 1, BLAS at batch 8), which
+shows what its choice by row count is worth.
 A row's time is the median over calls of one generate call's time divided by
 the tokens each row made: ms per decoding step. Also timed: decoding without
 the cache (the whole sequence through the model at every step, batch 1), and
@@ -19,6 +21,9 @@ at the start of the run.
 
 Target (issue 8): at least 2x the tokens/s of transformers.
 """
+
+import contextlib
+import importlib
 
 import numpy as np
 
@@ -53,6 +58,11 @@ def run(torch, copy_bps, repeats, models=("gpt2-small", "tiny"), batches=(1, 8),
                 results.append(result)
 
             row("ssl_core", "greedy", lambda: model.generate(ids, max_new_tokens=new_tokens))
+            # ops.linear's choice at this batch against the other: BLAS at one row, the kernel at 2-32
+            other = "kernel linear" if batch == 1 else "BLAS linear"
+            with _linear_path(kernel=batch == 1):
+                row("ssl_core", f"greedy, {other}", lambda: model.generate(ids, max_new_tokens=new_tokens))
+            compare(results, OP, f"ssl_core/greedy, {other}", "ssl_core/greedy", shape)
             row("ssl_core", "greedy, bfloat16", lambda: half.generate(ids, max_new_tokens=new_tokens))
             results[-1].bytes_moved = _bfloat16_bytes(model)
             results[-1].bound_ms = results[-1].bytes_moved / copy_bps * 1e3
@@ -104,6 +114,18 @@ def _attention_rows(torch, copy_bps, repeats, batches=(1, 8), keys=512, heads=12
             rows.append(Result("attention, 1 query", shape, "torch", "sdpa", ms, nbytes, nbytes / copy_bps * 1e3))
             compare(rows, "attention, 1 query", "ssl_core/cache views", "torch/sdpa", shape)
     return rows
+
+
+@contextlib.contextmanager
+def _linear_path(kernel):
+    """ops.linear's kernel for every row count up to 32 (kernel=True), or for none."""
+    module = importlib.import_module("ssl_core.ops.linear")  # ops.linear is the function
+    saved = module.KERNEL_ROWS
+    module.KERNEL_ROWS = (1, 32) if kernel else (33, 32)
+    try:
+        yield
+    finally:
+        module.KERNEL_ROWS = saved
 
 
 def _bfloat16_bytes(model):

@@ -1,5 +1,6 @@
 """The benchmark suite runs end to end (tiny shapes, ssl_core rows only)."""
 
+import importlib
 import json
 
 import numpy as np
@@ -108,14 +109,17 @@ def test_generate_suite_times_ours_and_transformers(capsys):
     assert {r.variant for r in attention} == {"cache views", "sdpa"} and all(r.ms > 0 for r in attention)
     assert next(r for r in attention if r.impl == "ssl_core").compare_to == "torch/sdpa"
     rows = {r.variant: r for r in results if r.op == bench_generate.OP}
-    assert set(rows) == {"greedy", "greedy, bfloat16", "HF greedy", "sample top-p 0.9", "HF sample top-p 0.9"}
+    assert set(rows) == {"greedy", "greedy, BLAS linear", "greedy, bfloat16", "HF greedy", "sample top-p 0.9",
+                         "HF sample top-p 0.9"}
     assert rows["greedy, bfloat16"].bytes_moved < rows["greedy"].bytes_moved
+    assert rows["greedy, BLAS linear"].compare_to == "ssl_core/greedy"
     assert all(r.ms > 0 and r.bytes_moved > 0 and "tokens/s" in r.note for r in rows.values())
     assert rows["greedy"].speedup == rows["HF greedy"].ms / rows["greedy"].ms
     assert rows["sample top-p 0.9"].compare_to == "torch/HF sample top-p 0.9"
     uncached = bench_generate.run(None, 1e9, repeats=2, models=("tiny",), batches=(1,), prompt_len=4, new_tokens=3)
     rows = {r.variant: r for r in uncached if r.op == bench_generate.OP}
-    assert set(rows) == {"greedy", "greedy, bfloat16", "greedy, no cache", "sample top-p 0.9"}
+    assert set(rows) == {"greedy", "greedy, kernel linear", "greedy, bfloat16", "greedy, no cache", "sample top-p 0.9"}
+    assert importlib.import_module("ssl_core.ops.linear").KERNEL_ROWS == (2, 32)  # restored
     assert rows["greedy, no cache"].compare_to == "ssl_core/greedy"
     common.print_table(results + uncached)
     assert "greedy, no cache" in capsys.readouterr().out

@@ -11,10 +11,10 @@ from ssl_core.ops._dispatch import require_numpy
 # packs its operands for a matrix product and streams a weight matrix from
 # memory at about 8 GB/s: 18-22 ms for GPT-2's 50257 x 768 output layer at 2
 # to 8 rows, against 6-13 ms for the kernel. For one row, BLAS's
-# matrix-vector product was the faster: GPT-2 small decoding steps, the two
-# choices interleaved in one process (min of 6 calls of 24 steps): batch 1,
-# 27.4 ms a step with BLAS and 33.6 with the kernel; batch 8, 93.2 with BLAS
-# and 56.3 with the kernel.
+# matrix-vector product was as fast or faster. benchmarks/bench_generate.py
+# times a GPT-2 small decoding step both ways ("greedy, kernel linear" at
+# batch 1, "greedy, BLAS linear" at batch 8): the other path ran at 0.96x of
+# this choice at batch 1 and at 0.54x at batch 8.
 KERNEL_ROWS = (2, 32)
 
 
