@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ssl_core
-from ssl_core import cli
+from ssl_core import _C, cli
 
 
 def run_python(code, **env):
@@ -68,5 +68,8 @@ def test_info_command(capsys):
     for key in ("ssl_core", "compiler", "cpu code path", "threads", "WITH_CUDA", "cuda devices"):
         assert key in out
     assert ssl_core.get_cpu_isa() in out
+    if ssl_core.WITH_CUDA:  # built with nvcc: the architectures the kernels were compiled for
+        assert f"kernels for {_C.CUDA_ARCHITECTURES}" in out and "80" in _C.CUDA_ARCHITECTURES
+        assert hasattr(_C, "cuda") and callable(_C.cuda.attention_forward)
     installed = subprocess.run(["ssl-core", "info"], capture_output=True, text=True)
     assert installed.returncode == 0 and ssl_core.__version__ in installed.stdout

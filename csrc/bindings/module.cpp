@@ -10,6 +10,7 @@
 #include "ssl_core/runtime.h"
 
 #if SSL_CORE_WITH_CUDA
+#include "device_arrays.h"
 namespace ssl_core::cuda {
 int device_count();
 }
@@ -53,6 +54,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.attr("__version__") = SSL_CORE_VERSION;
   m.attr("WITH_CUDA") = static_cast<bool>(SSL_CORE_WITH_CUDA);
+  m.attr("CUDA_ARCHITECTURES") = std::string(SSL_CORE_CUDA_ARCHITECTURES);  // "" without CUDA
   m.attr("WITH_OPENMP") = openmp_enabled();
   m.attr("COMPILER") = compiler_description();
 
@@ -84,4 +86,10 @@ PYBIND11_MODULE(_C, m) {
   bindings::bind_loss(m);
   bindings::bind_optimizer(m);
   bindings::bind_linear(m);
+#if SSL_CORE_WITH_CUDA
+  py::module_ cuda = m.def_submodule("cuda", "The CUDA kernels; every array argument a CUDA array");
+  bindings::bind_device_norm(cuda);
+  bindings::bind_device_attention(cuda);
+  bindings::bind_device_loss(cuda);
+#endif
 }

@@ -16,21 +16,7 @@ namespace {
 
 constexpr int64_t kBlock = int64_t{1} << 14;  // floats per task
 
-struct Coefficients {
-  float decay, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_correction2, eps, grad_scale;
-};
-
-Coefficients coefficients(const AdamWOptions& o) {
-  const double t = static_cast<double>(o.step);
-  return {static_cast<float>(1.0 - static_cast<double>(o.lr) * o.weight_decay),
-          1.0f - o.beta1,
-          o.beta2,
-          1.0f - o.beta2,
-          static_cast<float>(o.lr / (1.0 - std::pow(static_cast<double>(o.beta1), t))),
-          static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(static_cast<double>(o.beta2), t))),
-          o.eps,
-          o.grad_scale};
-}
+using Coefficients = AdamWCoefficients;
 
 inline void update(float* p, float* m, float* v, const float* g, const Coefficients& k, int n) {
   const Vec grad = (n == kWidth ? load(g) : load(g, n)) * splat(k.grad_scale);
@@ -50,7 +36,7 @@ inline void update(float* p, float* m, float* v, const float* g, const Coefficie
 }  // namespace
 
 void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n, const AdamWOptions& options) {
-  const Coefficients k = coefficients(options);
+  const Coefficients k = adamw_coefficients(options);
   const int64_t blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for num_threads(threads_for(blocks, 4)) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {

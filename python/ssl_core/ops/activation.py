@@ -1,6 +1,8 @@
 """GELU activation (Hendrycks & Gimpel, 2016)."""
 
 from ssl_core import _C
+from ssl_core.ops import _device_ops
+from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy
 
 
@@ -20,7 +22,10 @@ def gelu(x, approximate="none", *, bias=None, out=None):
     Returns:
         float32 array shaped like x. The fast path is within 3e-7 absolute of the
         float64 result for |x| <= 10; GELU(+inf) = +inf, GELU(-inf) = -0, NaN stays NaN.
+        CUDA arrays run the CUDA kernel and give arrays of their framework.
     """
+    if on_device(x=x, bias=bias, out=out):
+        return _device_ops.gelu(x, approximate, bias, out)
     require_numpy(x=x, bias=bias, out=out)
     return _C.gelu_forward(x, approximate, bias, out)
 
@@ -38,5 +43,7 @@ def gelu_backward(dy, x, approximate="none", *, bias=None, out=None):
     Returns:
         dx, float32 shaped like x.
     """
+    if on_device(dy=dy, x=x, bias=bias, out=out):
+        return _device_ops.gelu_backward(dy, x, approximate, bias, out)
     require_numpy(dy=dy, x=x, bias=bias, out=out)
     return _C.gelu_backward(dy, x, approximate, bias, out)

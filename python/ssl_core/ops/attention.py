@@ -31,6 +31,8 @@ import math
 import operator
 
 from ssl_core import _C
+from ssl_core.ops import _device_ops
+from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
 
 _MASK_DOC = """
@@ -82,9 +84,13 @@ def attention_forward(q, k, v, *, causal=False, key_lengths=None, prefix_lengths
         ``(out, lse)``: out float32 (B, Tq, H, D); lse float32 (B, H, Tq), the
         natural log of each query's sum of exp(scaled scores) over the keys
         it may attend (+inf where none), which ``attention_backward`` needs.
+        CUDA arrays run the CUDA kernel and give arrays of their framework.
     """
-    require_numpy(q=q, k=k, v=v)
     scale, dropout_p, seed = _scalars(q, scale, dropout_p, seed)
+    if on_device(q=q, k=k, v=v):
+        return _device_ops.attention_forward(q, k, v, causal, key_lengths, prefix_lengths, mask, scale, dropout_p,
+                                             seed, out)
+    require_numpy(q=q, k=k, v=v)
     out_array, lse = split_out(out, ("out", "lse"))
     return _C.attention_forward(q, k, v, bool(causal), key_lengths, prefix_lengths, mask, scale, dropout_p,
                                 seed, out_array, lse)
@@ -94,14 +100,17 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
               dropout_p=0.0, seed=0, out=None):
     """``attention_forward`` without the log-sum-exp: returns out (B, Tq, H, D),
     written into ``out`` if given."""
-    require_numpy(q=q, k=k, v=v, out=out)
     scale, dropout_p, seed = _scalars(q, scale, dropout_p, seed)
+    if on_device(q=q, k=k, v=v, out=out):
+        return _device_ops.attention_forward(q, k, v, causal, key_lengths, prefix_lengths, mask, scale, dropout_p,
+                                             seed, (out, None))[0]
+    require_numpy(q=q, k=k, v=v, out=out)
     return _C.attention_forward(q, k, v, bool(causal), key_lengths, prefix_lengths, mask, scale, dropout_p,
                                 seed, out, None)[0]
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, key_lengths=None, prefix_lengths=None,
-                       mask=None, scale=None, dropout_p=0.0, seed=0, grads=None):
+                       mask=None, scale=None, dropout_p=0.0, seed=0, grads=None, deterministic=False):
     """Gradients of attention given the upstream gradient ``dout``.
 
     Pass the same mask, scale and dropout arguments as to the forward.
@@ -112,12 +121,18 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, key_lengths=Non
         out, lse: the forward's results.{mask_doc}
         grads: optional ``(dq, dk, dv)`` arrays to write into (any may be
             None), e.g. slices of one (B, T, 3, H, D) gradient array.
+        deterministic: on CUDA arrays, accumulate dq in a fixed order (bit-
+            identical from run to run, somewhat slower) instead of with
+            atomics. The CPU kernel is always deterministic.
 
     Returns:
         ``(dq, dk, dv)`` shaped like q, k and v.
     """
-    require_numpy(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
     scale, dropout_p, seed = _scalars(q, scale, dropout_p, seed)
+    if on_device(dout=dout, q=q, k=k, v=v, out=out, lse=lse):
+        return _device_ops.attention_backward(dout, q, k, v, out, lse, causal, key_lengths, prefix_lengths, mask,
+                                              scale, dropout_p, seed, grads, deterministic)
+    require_numpy(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
     dq, dk, dv = split_out(grads, ("dq", "dk", "dv"), arg="grads")
     return _C.attention_backward(dout, q, k, v, out, lse, bool(causal), key_lengths, prefix_lengths, mask,
                                  scale, dropout_p, seed, dq, dk, dv)

@@ -1,6 +1,8 @@
 """Layer normalization over the last axis (Ba, Kiros & Hinton, 2016)."""
 
 from ssl_core import _C
+from ssl_core.ops import _device_ops
+from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
 
 
@@ -24,7 +26,12 @@ def layer_norm_forward(x, weight, bias, eps=1e-5, *, out=None):
     Returns:
         ``(y, mean, rstd)``: y float32 (..., C); mean and rstd (the reciprocal
         standard deviation) float32 (...), what ``layer_norm_backward`` needs.
+
+    CUDA arrays (CuPy, CUDA torch tensors) run the CUDA kernel, on the
+    framework's current stream, and give arrays of the same framework.
     """
+    if on_device(x=x, weight=weight, bias=bias):
+        return _device_ops.layer_norm_forward(x, weight, bias, eps, out)
     require_numpy(x=x, weight=weight, bias=bias)
     y, mean, rstd = split_out(out, ("y", "mean", "rstd"))
     return _C.layer_norm_forward(x, weight, bias, eps, y, mean, rstd)
@@ -32,6 +39,8 @@ def layer_norm_forward(x, weight, bias, eps=1e-5, *, out=None):
 
 def layer_norm(x, weight, bias, eps=1e-5, *, out=None):
     """``layer_norm_forward`` without the saved statistics: returns y (..., C)."""
+    if on_device(x=x, weight=weight, bias=bias):
+        return _device_ops.layer_norm_forward(x, weight, bias, eps, (out, None, None))[0]
     require_numpy(x=x, weight=weight, bias=bias)
     return _C.layer_norm_forward(x, weight, bias, eps, out, None, None)[0]
 
@@ -54,8 +63,11 @@ def layer_norm_backward(dy, x, weight, mean, rstd, *, out=None, accumulate=False
         ``(dx, dweight, dbias)``: dx float32 (..., C); dweight and dbias float32
         (C,), the gradients of the affine parameters (computed even when the
         forward used None for them). They are summed over rows in a fixed
-        order, so they are bit-identical for any thread count.
+        order, so they are bit-identical for any thread count (and on CUDA
+        arrays, from run to run).
     """
+    if on_device(dy=dy, x=x, weight=weight, mean=mean, rstd=rstd):
+        return _device_ops.layer_norm_backward(dy, x, weight, mean, rstd, out, accumulate)
     require_numpy(dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
     dx, dweight, dbias = split_out(out, ("dx", "dweight", "dbias"))
     return _C.layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias, bool(accumulate))

@@ -5,6 +5,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ssl_core import _C
+from ssl_core.ops import _device_ops
+from ssl_core.ops._device import array_type, is_device_array, on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
 
 
@@ -74,8 +76,15 @@ def masked_lm_loss(
         ValueError: a label outside [0, V) other than ``ignore_index`` (the
             message names its position), mismatched shapes, a bad
             ``label_smoothing`` or ``reduction``; TypeError: wrong array types.
+
+    CUDA arrays run the CUDA kernel (labels may be on the device or the host;
+    they are checked on the host) and give gradients of their framework.
     """
-    require_numpy(hidden=hidden, weight=weight, bias=bias)
+    device = on_device(hidden=hidden, weight=weight, bias=bias)
+    if device and is_device_array(labels):
+        labels = array_type(labels, "labels").to_numpy(labels)
+    if not device:
+        require_numpy(hidden=hidden, weight=weight, bias=bias)
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be a numpy.ndarray of integers, got {_describe(labels)}")
     if hidden.ndim < 1 or labels.shape != hidden.shape[:-1]:
@@ -91,7 +100,8 @@ def masked_lm_loss(
     if grads is not None and not return_grad:
         raise ValueError("grads (output arrays for the gradients) needs return_grad=True")
     d_hidden, d_weight, d_bias = split_out(grads, ("d_hidden", "d_weight", "d_bias"), arg="grads")
-    require_numpy(d_hidden=d_hidden, d_weight=d_weight, d_bias=d_bias)
+    if not device:
+        require_numpy(d_hidden=d_hidden, d_weight=d_weight, d_bias=d_bias)
 
     rows, targets = _labelled_positions(labels, ignore_index, weight.shape[0] if weight.ndim == 2 else None)
     count = len(rows)
@@ -99,10 +109,14 @@ def masked_lm_loss(
         scale = 1.0
     else:
         scale = 1.0 / normalizer if normalizer is not None else 1.0 / count if count else 1.0
-    result = _C.linear_cross_entropy(
-        hidden, weight, bias, rows, targets, float(label_smoothing), scale, bool(return_grad),
-        d_hidden, d_weight, d_bias, bool(accumulate),
-    )
+    if device:
+        result = _device_ops.linear_cross_entropy(hidden, weight, bias, rows, targets, float(label_smoothing),
+                                                  scale, bool(return_grad), grads, bool(accumulate))
+    else:
+        result = _C.linear_cross_entropy(
+            hidden, weight, bias, rows, targets, float(label_smoothing), scale, bool(return_grad),
+            d_hidden, d_weight, d_bias, bool(accumulate),
+        )
     loss = result[0] * scale if count else 0.0  # no labelled position: 0, not 0/0
     return MaskedLMLoss(float(loss), count, int(result[1]), *result[2:])
 
