@@ -99,7 +99,8 @@ MASK_CASES = {
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-@pytest.mark.parametrize("Tq,Tk", [(40, 73), (64, 33), (1, 37)])  # Tk - Tq = 1 mod 32: the diagonal one query into a tile
+# Tk - Tq = 1 mod 32: the diagonal one query into a tile.
+@pytest.mark.parametrize("Tq,Tk", [(40, 73), (64, 33), (1, 37)])
 @pytest.mark.parametrize("case", MASK_CASES)
 def test_masks_match_cpu(simt, rng, case, Tq, Tk, deterministic):
     B, H, D = 3, 2, 16

@@ -94,7 +94,7 @@ def test_attention_with_2d_masks(device, rng, mask_on_device):
 
 
 def test_float16_attention_runs_on_tensor_cores(device, rng):
-    """float16 arrays take the WMMA kernel and give float16 results; its backward is not there yet."""
+    """float16 arrays take the WMMA kernels (forward and backward) and give float16 results."""
     B, T, H, D = 1, 20, 2, 32
     q, k, v = (rng.standard_normal((B, T, H, D)).astype(np.float16) for _ in range(3))
     out, lse = ops.attention_forward(device(q), device(k), device(v), causal=True)
@@ -102,8 +102,15 @@ def test_float16_attention_runs_on_tensor_cores(device, rng):
     want_out, want_lse = ops.attention_forward(*(a.astype(np.float32) for a in (q, k, v)), causal=True)
     np.testing.assert_allclose(lse.host, want_lse, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.host.astype(np.float32), want_out, rtol=5e-3, atol=5e-3)
-    with pytest.raises(TypeError, match="the float16 kernel is forward only"):
-        ops.attention_backward(device(q), device(q), device(k), device(v), out, lse, causal=True)
+    dout = rng.standard_normal((B, T, H, D)).astype(np.float16)
+    grads = ops.attention_backward(device(dout), device(q), device(k), device(v), out, lse, causal=True)
+    # The CPU float32 op on the same 16-bit values (out as the kernel's float16 out): P, dS and the
+    # gradients are rounded to float16 (relative 2^-11 each, ~10 u here with sums of 20 terms of size ~1).
+    want = ops.attention_backward(*(a.astype(np.float32) for a in (dout, q, k, v)), out.host.astype(np.float32),
+                                  lse.host, causal=True)
+    for got, ref in zip(grads, want):
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.host.astype(np.float32), ref, rtol=5e-3, atol=5e-3)
 
 
 def test_masked_lm_loss_with_device_labels(device, rng):

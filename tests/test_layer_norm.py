@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import ssl_core
 from ssl_core import ops
 
 import reference

@@ -93,8 +93,10 @@ def test_missing_barrier_shows_as_a_race(simt, simt_schedule, rng):
 @pytest.mark.parametrize(
     "planted, message",
     [
-        ("divergent_barrier", r"divergent __syncthreads: thread \(0,0,0\) waits at self_test.cu:\d+, thread \(16,0,0\)"),
-        ("lane_outside_mask", r"__shfl_xor_sync at self_test.cu:\d+ in warp 0: lane 16 calls it but is not in its mask"),
+        ("divergent_barrier",
+         r"divergent __syncthreads: thread \(0,0,0\) waits at self_test.cu:\d+, thread \(16,0,0\)"),
+        ("lane_outside_mask",
+         r"__shfl_xor_sync at self_test.cu:\d+ in warp 0: lane 16 calls it but is not in its mask"),
         ("exited_lane_in_mask", r"mask names lane 16, which has exited"),
         ("source_lane_outside_mask", r"lane 0 reads lane 20, which is not in the mask"),
         ("mismatched_collectives", r"mismatched warp collectives in warp 0"),

@@ -1,5 +1,7 @@
 #include "arrays.h"
 
+#include "disjoint.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <sstream>
@@ -158,22 +160,7 @@ void require_same_shape(const RowsArg& a, const RowsArg& b) {
 
 void require_no_overlap(const std::vector<std::pair<const char*, py::array>>& outputs,
                         const std::vector<std::pair<const char*, py::array>>& inputs, bool allow_in_place) {
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const auto& [out_name, out] = outputs[i];
-    for (size_t j = i + 1; j < outputs.size(); ++j)
-      if (overlap(out, outputs[j].second))
-        throw py::value_error(std::string("outputs ") + out_name + " and " + outputs[j].first +
-                              " share memory");
-    for (const auto& [in_name, in] : inputs) {
-      if (!overlap(out, in) || (allow_in_place && same_view(out, in))) continue;
-      if (allow_in_place)
-        throw py::value_error(std::string(out_name) + " partly overlaps input " + in_name +
-                              "; an output may be the very same array as an input (in place) "
-                              "but must not otherwise share its memory");
-      throw py::value_error(std::string(out_name) + " shares memory with input " + in_name +
-                            "; this op cannot work in place");
-    }
-  }
+  require_disjoint_arrays(outputs, inputs, allow_in_place, overlap, same_view);
 }
 
 }  // namespace ssl_core::bindings

@@ -1,6 +1,9 @@
 // Device arguments from the array interfaces (see device_arrays.h).
 #include "device_arrays.h"
 
+#include "disjoint.h"
+
+#include <algorithm>
 #include <cmath>
 
 namespace ssl_core::bindings {
@@ -45,6 +48,53 @@ void* vector_data(const DeviceArray& a, const char* name, int64_t n) {
     throw py::value_error(arg(name) + " must have shape (" + std::to_string(n) + ",), got " + shape_string(a.shape));
   if (n > 1 && a.strides[0] != 1) throw py::value_error(arg(name) + " must be contiguous");
   return a.data;
+}
+
+
+// [lowest, highest) byte of a footprint, whatever the stride signs.
+std::pair<int64_t, int64_t> span(const Footprint& f) {
+  int64_t low = 0, high = f.row_bytes;
+  for (const auto& [stride, size] : f.axes) (stride < 0 ? low : high) += (size - 1) * stride;
+  return {static_cast<int64_t>(f.base) + low, static_cast<int64_t>(f.base) + high};
+}
+
+// Rows of the same layout `f` shifted by delta bytes: does some row of the
+// shifted copy meet some row of f? Exact for nested layouts (each stride at
+// least the extent of the axes below it, rows included), where an axis
+// leaves at most two candidate index differences.
+bool shifted_rows_meet(const Footprint& f, int64_t delta, int level) {
+  if (level < 0) return -f.row_bytes < delta && delta < f.row_bytes;
+  const auto [stride, size] = f.axes[level];
+  const int64_t first = -delta >= 0 ? -delta / stride : -((delta + stride - 1) / stride);  // floor(-delta / stride)
+  for (int64_t d = first; d <= first + 1; ++d)
+    if (d > -size && d < size && shifted_rows_meet(f, delta + d * stride, level - 1)) return true;
+  return false;
+}
+
+bool nested(const Footprint& f) {
+  int64_t extent = f.row_bytes;
+  for (const auto& [stride, size] : f.axes) {
+    if (stride < extent) return false;
+    extent = stride * size;
+  }
+  return true;
+}
+
+bool same_view(const Footprint& a, const Footprint& b) {
+  return !a.empty && a.base == b.base && a.row_bytes == b.row_bytes && a.axes == b.axes;
+}
+
+bool overlap(const Footprint& a, const Footprint& b) {
+  if (a.empty || b.empty) return false;
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  if (!(a0 < b1 && b0 < a1)) return false;
+  // Interleaved views of one array (q, k and v of a fused QKV projection):
+  // same layout at different offsets.
+  if (a.row_bytes == b.row_bytes && a.axes == b.axes && nested(a))
+    return shifted_rows_meet(a, static_cast<int64_t>(b.base) - static_cast<int64_t>(a.base),
+                             static_cast<int>(a.axes.size()) - 1);
+  return true;  // otherwise the spans decide (conservatively)
 }
 
 }  // namespace
@@ -205,6 +255,43 @@ AttentionOptions device_attention_options(int64_t B, int64_t H, int64_t Tq, int6
     options.mask.mask = static_cast<const uint8_t*>(m.data);
   }
   return options;
+}
+
+}  // namespace ssl_core::bindings
+
+namespace ssl_core::bindings {
+
+float* device_contiguous(py::handle obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+  const DeviceArray a = device_array(obj, name);
+  require_dtype(a, name, "<f4", "float32");
+  if (a.shape != shape)
+    throw py::value_error(arg(name) + " must have shape " + shape_string(shape) + ", got " + shape_string(a.shape));
+  int64_t expected = 1;
+  for (int d = static_cast<int>(a.shape.size()) - 1; d >= 0; --d) {
+    if (a.shape[d] != 1 && a.strides[d] != expected)
+      throw py::value_error(arg(name) + " must be C-contiguous, got element strides " + shape_string(a.strides));
+    expected *= a.shape[d];
+  }
+  if (writable) require_writable(a, name);
+  return static_cast<float*>(a.data);
+}
+
+Footprint footprint(const void* data, int64_t row_bytes, std::vector<std::pair<int64_t, int64_t>> axes) {
+  Footprint f;
+  if (!data || row_bytes <= 0) return f;
+  for (const auto& [stride, size] : axes) {
+    if (size == 0) return f;
+    if (size > 1) f.axes.push_back({stride, size});
+  }
+  std::sort(f.axes.begin(), f.axes.end());
+  f.base = reinterpret_cast<uintptr_t>(data);
+  f.row_bytes = row_bytes;
+  f.empty = false;
+  return f;
+}
+
+void require_disjoint(const NamedFootprints& outputs, const NamedFootprints& inputs, bool allow_in_place) {
+  require_disjoint_arrays(outputs, inputs, allow_in_place, overlap, same_view);
 }
 
 }  // namespace ssl_core::bindings

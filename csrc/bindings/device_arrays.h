@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ssl_core/attention.h"
@@ -50,6 +51,46 @@ HeadsViewT<uint16_t> device_heads16(py::handle obj, const char* name, const char
 float* device_floats(py::handle obj, const char* name, int64_t n, bool optional = false, bool writable = false);
 // A contiguous int64 vector of n elements; nullptr for None when `optional`.
 int64_t* device_int64s(py::handle obj, const char* name, int64_t n, bool optional = false);
+
+// A C-contiguous float32 array of exactly `shape` (mean, rstd, lse).
+float* device_contiguous(py::handle obj, const char* name, const std::vector<int64_t>& shape, bool writable = false);
+
+// The memory an array argument covers: rows of row_bytes at base plus every
+// combination of (stride, size) steps, in bytes. Kernels write their outputs
+// while other blocks still read the inputs, so the bindings refuse outputs
+// that share memory with an input or with each other.
+struct Footprint {
+  uintptr_t base = 0;
+  int64_t row_bytes = 0;
+  std::vector<std::pair<int64_t, int64_t>> axes;  // (stride, size) with size > 1, sorted
+  bool empty = true;
+};
+
+// axes: (stride in bytes, size); null data or a zero size is empty.
+Footprint footprint(const void* data, int64_t row_bytes, std::vector<std::pair<int64_t, int64_t>> axes);
+
+template <class T>
+Footprint footprint(const HeadsViewT<T>& x) {
+  constexpr int64_t item = sizeof(T);
+  return footprint(x.data, x.dim * item,
+                   {{x.batch_stride * item, x.batch}, {x.seq_stride * item, x.seq}, {x.head_stride * item, x.heads}});
+}
+
+template <class T>
+Footprint footprint(const RowsViewT<T>& x) {
+  return footprint(x.data, x.cols * int64_t{sizeof(T)}, {{x.row_stride * int64_t{sizeof(T)}, x.rows}});
+}
+
+inline Footprint footprint(const float* data, int64_t n) { return footprint(data, n * int64_t{sizeof(float)}, {}); }
+
+using NamedFootprints = std::vector<std::pair<const char*, Footprint>>;
+
+// ValueError naming the pair when two outputs, or an output and an input,
+// share memory. allow_in_place: an output may be exactly the same view as an
+// input (elementwise kernels, which read each element before writing it).
+// Exact for interleaved views of one array (q, k, v slices of a fused QKV
+// array); other overlapping spans are refused conservatively.
+void require_disjoint(const NamedFootprints& outputs, const NamedFootprints& inputs, bool allow_in_place = false);
 
 // The options of the attention kernels: key_lengths / prefix_lengths int64
 // (B,) or None; mask a bool or uint8 array (B, H, Tq, Tk), any axis of

@@ -36,27 +36,6 @@ int64_t index_length(py::handle obj, const char* name) {
 // The full shape of a device array, for comparing outputs with inputs.
 std::vector<int64_t> shape_of(py::handle obj, const char* name) { return device_array(obj, name).shape; }
 
-// Byte range [begin, end) a rows view spans (empty views span nothing).
-std::pair<uintptr_t, uintptr_t> span_of(const RowsView& v) {
-  if (v.rows == 0 || v.cols == 0 || !v.data) return {0, 0};
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(v.data);
-  return {begin, begin + ((v.rows - 1) * v.row_stride + v.cols) * sizeof(float)};
-}
-
-void require_apart(const RowsView& out, const char* out_name, const RowsView& other, const char* other_name,
-                   bool other_is_output) {
-  const auto [a0, a1] = span_of(out);
-  const auto [b0, b1] = span_of(other);
-  if (a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1) {
-    if (other_is_output)
-      throw py::value_error(std::string("outputs ") + out_name + " and " + other_name + " share memory");
-    throw py::value_error(std::string(out_name) + " shares memory with input " + other_name +
-                          "; this op cannot work in place");
-  }
-}
-
-RowsView vector_view(float* data, int64_t n) { return {data, data ? 1 : 0, n, n}; }
-
 py::tuple linear_cross_entropy(py::handle d_hidden_obj, py::handle d_weight_obj, py::handle d_bias_obj,
                                py::handle hidden_obj, py::handle weight_obj, py::handle bias_obj,
                                py::handle rows_obj, py::handle targets_obj, double label_smoothing,
@@ -117,16 +96,9 @@ py::tuple linear_cross_entropy(py::handle d_hidden_obj, py::handle d_weight_obj,
     d_weight = device_rows(d_weight_obj, "d_weight", C, /*writable=*/true);
     // d_bias None with a bias: the bias gradient is not computed (a frozen bias).
     d_bias = device_floats(d_bias_obj, "d_bias", V, /*optional=*/true, /*writable=*/true);
-    const RowsView d_bias_view = vector_view(d_bias, V);
-    const std::pair<const char*, RowsView> outputs[] = {
-        {"d_hidden", d_hidden}, {"d_weight", d_weight}, {"d_bias", d_bias_view}};
-    const std::pair<const char*, RowsView> inputs[] = {
-        {"hidden", hidden}, {"weight", weight}, {"bias", vector_view(bias, V)}};
-    for (size_t i = 0; i < 3; ++i) {
-      for (size_t j = i + 1; j < 3; ++j)
-        require_apart(outputs[i].second, outputs[i].first, outputs[j].second, outputs[j].first, true);
-      for (const auto& [name, in] : inputs) require_apart(outputs[i].second, outputs[i].first, in, name, false);
-    }
+    require_disjoint({{"d_hidden", footprint(d_hidden)}, {"d_weight", footprint(d_weight)},
+                      {"d_bias", footprint(d_bias, V)}},
+                     {{"hidden", footprint(hidden)}, {"weight", footprint(weight)}, {"bias", footprint(bias, V)}});
   }
 
   const CrossEntropyOptions options{static_cast<float>(label_smoothing), static_cast<float>(grad_scale), accumulate};

@@ -16,15 +16,6 @@
 namespace ssl_core::bindings {
 namespace {
 
-std::string dtype_name(const std::string& typestr) {
-  if (typestr == "<f8") return "float64";
-  if (typestr == "<f2") return "float16";
-  if (typestr == "<i8") return "int64";
-  if (typestr == "<i4") return "int32";
-  if (typestr == "|b1") return "bool";
-  return typestr;
-}
-
 std::string number(double value) { return py::str(py::float_(value)).cast<std::string>(); }
 
 // The shape of `obj`'s array interface (for comparisons with another array).
@@ -40,85 +31,17 @@ RowsView rows_like(py::handle obj, const char* name, const std::vector<int64_t>&
   return device_rows(obj, name, shape.empty() ? -1 : shape.back(), writable);
 }
 
-// A C-contiguous float32 array of shape `shape` (mean and rstd: x's shape
-// without its last axis).
-float* contiguous_floats(py::handle obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
-  const DeviceArray a = device_array(obj, name);
-  if (a.typestr != "<f4") throw py::type_error(std::string(name) + " must have dtype float32, got " + dtype_name(a.typestr));
-  if (a.shape != shape)
-    throw py::value_error(std::string(name) + " must have shape " + shape_string(shape) + ", got " +
-                          shape_string(a.shape));
-  int64_t expected = 1;
-  for (int d = static_cast<int>(a.shape.size()) - 1; d >= 0; --d) {
-    if (a.shape[d] != 1 && a.strides[d] != expected)
-      throw py::value_error(std::string(name) + " must be C-contiguous, got element strides " +
-                            shape_string(a.strides));
-    expected *= a.shape[d];
-  }
-  if (writable && a.readonly)
-    throw py::value_error(std::string(name) + " is an output and must be writable, got a read-only array");
-  return static_cast<float*>(a.data);
-}
-
-// A 1-d contiguous float32 array of n elements (n < 0: any length).
+// A 1-d contiguous float32 array of n elements (n < 0: of any length, which
+// is stored in n).
 float* flat_floats(py::handle obj, const char* name, int64_t& n, bool writable) {
-  const DeviceArray a = device_array(obj, name);
-  if (a.typestr != "<f4") throw py::type_error(std::string(name) + " must have dtype float32, got " + dtype_name(a.typestr));
-  if (a.shape.size() != 1 || (a.shape[0] > 1 && a.strides[0] != 1))
-    throw py::value_error(std::string(name) + " must be a contiguous 1-d float32 array, got shape " +
-                          shape_string(a.shape));
-  if (n >= 0 && a.shape[0] != n)
-    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",), got " +
-                          shape_string(a.shape));
-  if (writable && a.readonly)
-    throw py::value_error(std::string(name) + " is an output and must be writable, got a read-only array");
-  n = a.shape[0];
-  return static_cast<float*>(a.data);
-}
-
-// The bytes an argument spans, to reject outputs that share memory with
-// other arguments. An output may be the very same view as an input when
-// `allow_in_place` (y = x, dx = dy).
-struct Region {
-  const char* name;
-  uintptr_t begin = 0, end = 0;
-  int64_t rows = 0, cols = 0, stride = 0;  // the view, for "the very same array"
-};
-
-Region region(const char* name, const RowsView& v) {
-  Region r{name};
-  r.begin = r.end = reinterpret_cast<uintptr_t>(v.data);
-  if (v.rows > 0 && v.cols > 0) r.end += static_cast<uintptr_t>(((v.rows - 1) * v.row_stride + v.cols) * 4);
-  r.rows = v.rows, r.cols = v.cols, r.stride = v.row_stride;
-  return r;
-}
-
-Region region(const char* name, const float* p, int64_t n) { return region(name, RowsView{const_cast<float*>(p), 1, n, n}); }
-
-bool overlap(const Region& a, const Region& b) { return a.begin < b.end && b.begin < a.end; }
-
-bool same_view(const Region& a, const Region& b) {
-  return a.begin == b.begin && a.end == b.end && a.rows == b.rows && a.cols == b.cols &&
-         (a.rows <= 1 || a.stride == b.stride);
-}
-
-void require_no_overlap(const std::vector<Region>& outputs, const std::vector<Region>& inputs,
-                        bool allow_in_place = true) {
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const Region& out = outputs[i];
-    for (size_t j = i + 1; j < outputs.size(); ++j)
-      if (overlap(out, outputs[j]))
-        throw py::value_error(std::string("outputs ") + out.name + " and " + outputs[j].name + " share memory");
-    for (const Region& in : inputs) {
-      if (!overlap(out, in) || (allow_in_place && same_view(out, in))) continue;
-      if (allow_in_place)
-        throw py::value_error(std::string(out.name) + " partly overlaps input " + in.name +
-                              "; an output may be the very same array as an input (in place) "
-                              "but must not otherwise share its memory");
-      throw py::value_error(std::string(out.name) + " shares memory with input " + in.name +
-                            "; this op cannot work in place");
-    }
+  if (n < 0) {
+    const std::vector<int64_t> shape = shape_of(obj, name);
+    if (shape.size() != 1)
+      throw py::value_error(std::string(name) + " must be a contiguous 1-d float32 array, got shape " +
+                            shape_string(shape));
+    n = shape[0];
   }
+  return device_floats(obj, name, n, /*optional=*/false, writable);
 }
 
 std::vector<int64_t> leading(std::vector<int64_t> shape) {
@@ -145,12 +68,11 @@ void layer_norm_forward(py::handle y_obj, py::handle mean_obj, py::handle rstd_o
   const float* weight = device_floats(weight_obj, "weight", C, /*optional=*/true);
   const float* bias = device_floats(bias_obj, "bias", C, /*optional=*/true);
   const RowsView y = rows_like(y_obj, "y", x_shape, "x", /*writable=*/true);
-  float* mean = contiguous_floats(mean_obj, "mean", leading(x_shape), true);
-  float* rstd = contiguous_floats(rstd_obj, "rstd", leading(x_shape), true);
-  std::vector<Region> inputs{region("x", x)};
-  if (weight) inputs.push_back(region("weight", weight, C));
-  if (bias) inputs.push_back(region("bias", bias, C));
-  require_no_overlap({region("y", y), region("mean", mean, x.rows), region("rstd", rstd, x.rows)}, inputs);
+  float* mean = device_contiguous(mean_obj, "mean", leading(x_shape), true);
+  float* rstd = device_contiguous(rstd_obj, "rstd", leading(x_shape), true);
+  require_disjoint({{"y", footprint(y)}, {"mean", footprint(mean, x.rows)}, {"rstd", footprint(rstd, x.rows)}},
+                   {{"x", footprint(x)}, {"weight", footprint(weight, C)}, {"bias", footprint(bias, C)}},
+                   /*allow_in_place=*/true);
   py::gil_scoped_release release;
   cuda::layer_norm_forward(y, mean, rstd, as_const(x), weight, bias, static_cast<float>(eps),
                            stream_handle(stream));
@@ -165,15 +87,15 @@ void layer_norm_backward(py::handle dx_obj, py::handle dweight_obj, py::handle d
   const int64_t C = x.cols;
   const RowsView dy = rows_like(dy_obj, "dy", x_shape, "x", false);
   const float* weight = device_floats(weight_obj, "weight", C, /*optional=*/true);
-  const float* mean = contiguous_floats(mean_obj, "mean", leading(x_shape), false);
-  const float* rstd = contiguous_floats(rstd_obj, "rstd", leading(x_shape), false);
+  const float* mean = device_contiguous(mean_obj, "mean", leading(x_shape), false);
+  const float* rstd = device_contiguous(rstd_obj, "rstd", leading(x_shape), false);
   const RowsView dx = rows_like(dx_obj, "dx", x_shape, "x", /*writable=*/true);
   float* dweight = device_floats(dweight_obj, "dweight", C, /*optional=*/false, /*writable=*/true);
   float* dbias = device_floats(dbias_obj, "dbias", C, /*optional=*/false, /*writable=*/true);
-  std::vector<Region> inputs{region("dy", dy), region("x", x), region("mean", mean, x.rows),
-                             region("rstd", rstd, x.rows)};
-  if (weight) inputs.push_back(region("weight", weight, C));
-  require_no_overlap({region("dx", dx), region("dweight", dweight, C), region("dbias", dbias, C)}, inputs);
+  require_disjoint({{"dx", footprint(dx)}, {"dweight", footprint(dweight, C)}, {"dbias", footprint(dbias, C)}},
+                   {{"dy", footprint(dy)}, {"x", footprint(x)}, {"mean", footprint(mean, x.rows)},
+                    {"rstd", footprint(rstd, x.rows)}, {"weight", footprint(weight, C)}},
+                   /*allow_in_place=*/true);
   py::gil_scoped_release release;
   cuda::layer_norm_backward(dx, dweight, dbias, as_const(dy), as_const(x), weight, mean, rstd, accumulate,
                             stream_handle(stream));
@@ -200,9 +122,8 @@ void gelu_forward(py::handle y_obj, py::handle x_obj, py::handle bias_obj, py::h
   const RowsView x = device_rows(x_obj, "x");
   const float* bias = device_floats(bias_obj, "bias", x.cols, /*optional=*/true);
   const RowsView y = rows_like(y_obj, "y", x_shape, "x", /*writable=*/true);
-  std::vector<Region> inputs{region("x", x)};
-  if (bias) inputs.push_back(region("bias", bias, x.cols));
-  require_no_overlap({region("y", y)}, inputs);
+  require_disjoint({{"y", footprint(y)}}, {{"x", footprint(x)}, {"bias", footprint(bias, x.cols)}},
+                   /*allow_in_place=*/true);
   py::gil_scoped_release release;
   cuda::gelu_forward(y, as_const(x), bias, kind, stream_handle(stream));
 }
@@ -215,9 +136,9 @@ void gelu_backward(py::handle dx_obj, py::handle dy_obj, py::handle x_obj, py::h
   const RowsView dy = rows_like(dy_obj, "dy", x_shape, "x", false);
   const float* bias = device_floats(bias_obj, "bias", x.cols, /*optional=*/true);
   const RowsView dx = rows_like(dx_obj, "dx", x_shape, "x", /*writable=*/true);
-  std::vector<Region> inputs{region("dy", dy), region("x", x)};
-  if (bias) inputs.push_back(region("bias", bias, x.cols));
-  require_no_overlap({region("dx", dx)}, inputs);
+  require_disjoint({{"dx", footprint(dx)}},
+                   {{"dy", footprint(dy)}, {"x", footprint(x)}, {"bias", footprint(bias, x.cols)}},
+                   /*allow_in_place=*/true);
   py::gil_scoped_release release;
   cuda::gelu_backward(dx, as_const(dy), as_const(x), bias, kind, stream_handle(stream));
 }
@@ -234,8 +155,8 @@ void adamw_update(py::handle params_obj, py::handle m_obj, py::handle v_obj, py:
   float* m = flat_floats(m_obj, "m", n, true);
   float* v = flat_floats(v_obj, "v", n, true);
   const float* grads = flat_floats(grads_obj, "grads", n, false);
-  require_no_overlap({region("params", params, n), region("m", m, n), region("v", v, n)},
-                     {region("grads", grads, n)}, /*allow_in_place=*/false);
+  require_disjoint({{"params", footprint(params, n)}, {"m", footprint(m, n)}, {"v", footprint(v, n)}},
+                   {{"grads", footprint(grads, n)}});
   // The checks of ssl_core.train.AdamW (and of the CPU binding for step).
   if (!(std::isfinite(lr) && lr >= 0)) throw py::value_error("lr must be a finite number >= 0, got " + number(lr));
   if (!(beta1 >= 0 && beta1 < 1)) throw py::value_error("beta1 must be in [0, 1), got " + number(beta1));

@@ -25,8 +25,9 @@ void set_schedule(const std::string& name) {
     throw py::value_error("schedule must be 'forward' or 'reverse', got '" + name + "'");
 }
 
-py::array_t<int> warp_collective(const std::string& kind, py::array_t<int, py::array::c_style | py::array::forcecast> values,
-                                 unsigned mask, int arg, int width, int fill) {
+using Ints = py::array_t<int, py::array::c_style | py::array::forcecast>;
+
+py::array_t<int> warp_collective(const std::string& kind, Ints values, unsigned mask, int arg, int width, int fill) {
   if (values.ndim() != 1 || values.shape(0) != 32) throw py::value_error("values must have shape (32,)");
   py::array_t<int> results(32);
   std::fill(results.mutable_data(), results.mutable_data() + 32, fill);

@@ -187,7 +187,9 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[2][kDim / 8], const
                                                 int other_stride, const float* x) {
   constexpr int kLd = kDim + 1;
   const int row = threadIdx.x / 8, sub = threadIdx.x % 8;
-#pragma unroll 4
+  // Unrolled 4 deep, but 2 for the narrowest tile: ptxas for sm_90 spilled
+  // 20 bytes in attention_backward_key_tile<16> at 4.
+#pragma unroll(kDim <= 16 ? 2 : 4)
   for (int o = 0; o < 32; ++o) {
     const float c0 = coef[row * row_stride + o * other_stride];
     const float c1 = coef[(row + 16) * row_stride + o * other_stride];

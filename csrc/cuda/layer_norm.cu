@@ -355,7 +355,8 @@ __global__ void __launch_bounds__(kThreads)
       load_floats<kWidth>(d, dyr + j);
       load_or<kWidth>(w, weight, j, 1.0f);
 #pragma unroll
-      for (int e = 0; e < kWidth; ++e) xv[e] = fmaf(d[e] * w[e], rs, fmaf((xv[e] - m) * rs, xhat_coefficient, constant));
+      for (int e = 0; e < kWidth; ++e)
+        xv[e] = fmaf(d[e] * w[e], rs, fmaf((xv[e] - m) * rs, xhat_coefficient, constant));
       store_floats<kWidth>(dxr + j, xv);
     }
   }
@@ -505,8 +506,8 @@ void layer_norm_backward(RowsView dx, float* dweight, float* dbias, ConstRowsVie
   }
   check_launch("layer_norm_backward");
   const int64_t finalize_blocks = std::min<int64_t>(ceil_div(2 * C, kFinalizeColumns), 4096);
-  SSL_CORE_LAUNCH(layer_norm_backward_finalize, finalize_blocks, kFinalizeColumns * kFinalizeGroups, 0, stream, dweight, dbias,
-                  static_cast<const float*>(partials), partial_rows, C, accumulate);
+  SSL_CORE_LAUNCH(layer_norm_backward_finalize, finalize_blocks, kFinalizeColumns * kFinalizeGroups, 0, stream,
+                  dweight, dbias, static_cast<const float*>(partials), partial_rows, C, accumulate);
   check_launch("layer_norm_backward_finalize");
 }
 

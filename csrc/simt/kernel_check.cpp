@@ -14,6 +14,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "simt/self_test.h"
@@ -138,6 +139,70 @@ void check_attention(std::mt19937& rng) {
   }
 }
 
+// 16-bit inputs against the reference on the same values widened to float32;
+// P and out are rounded to 16 bits on the way, hence the tolerance.
+void check_attention_16bit(std::mt19937& rng) {
+  const int64_t B = 1, Tq = 19, Tk = 70, H = 2, D = 32;
+  const std::vector<int64_t> key_lengths = {61};
+  for (auto type : {cuda::HalfType::float16, cuda::HalfType::bfloat16}) {
+    const bool bf16 = type == cuda::HalfType::bfloat16;
+    auto to_bits = [&](const std::vector<float>& x, std::vector<float>& rounded) {
+      std::vector<uint16_t> bits(x.size());
+      rounded.resize(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        bits[i] = bf16 ? __float2bfloat16(x[i]).bits : __float2half(x[i]).bits;
+        rounded[i] = bf16 ? __bfloat162float(__nv_bfloat16{bits[i]}) : __half2float(__half{bits[i]});
+      }
+      return bits;
+    };
+    std::vector<float> q, k, v;
+    const auto qb = to_bits(random_floats(B * Tq * H * D, rng), q), kb = to_bits(random_floats(B * Tk * H * D, rng), k),
+               vb = to_bits(random_floats(B * Tk * H * D, rng), v);
+    AttentionOptions options;
+    options.scale = 1.0f / std::sqrt(float(D));
+    options.mask.causal = true;
+    options.mask.key_lengths = key_lengths.data();
+    std::vector<uint16_t> out_bits(q.size());
+    std::vector<float> lse(B * H * Tq), out(q.size()), out_ref(q.size()), lse_ref(B * H * Tq);
+    auto heads16 = [&](auto* data, int64_t T) {
+      return HeadsViewT<std::remove_pointer_t<decltype(data)>>{data, B, T, H, D, T * H * D, H * D, D};
+    };
+    cuda::attention_forward_16bit(heads16(out_bits.data(), Tq), lse.data(), heads16(qb.data(), Tq),
+                                  heads16(kb.data(), Tk), heads16(vb.data(), Tk), type, options, nullptr);
+    for (size_t i = 0; i < out.size(); ++i)
+      out[i] = bf16 ? __bfloat162float(__nv_bfloat16{out_bits[i]}) : __half2float(__half{out_bits[i]});
+    ref::attention_forward(heads(out_ref, B, Tq, H, D), lse_ref.data(), as_const(heads(q, B, Tq, H, D)),
+                           as_const(heads(k, B, Tk, H, D)), as_const(heads(v, B, Tk, H, D)), options);
+    expect_close(bf16 ? "attention_forward_16bit bfloat16" : "attention_forward_16bit float16", out, out_ref,
+                 bf16 ? 1.5e-2f : 2e-3f);  // a few units of 16-bit rounding (2^-8, 2^-11)
+    expect_close("attention_forward_16bit lse", lse, lse_ref, 1e-5f);
+
+    // The backward from the reference forward's out (rounded to 16 bits) and lse.
+    std::vector<float> dout, out16;
+    const auto dout_bits = to_bits(random_floats(q.size(), rng), dout), out_ref_bits = to_bits(out_ref, out16);
+    std::vector<uint16_t> dq_bits(q.size()), dk_bits(k.size()), dv_bits(v.size());
+    cuda::attention_backward_16bit(heads16(dq_bits.data(), Tq), heads16(dk_bits.data(), Tk),
+                                   heads16(dv_bits.data(), Tk), heads16(dout_bits.data(), Tq), heads16(qb.data(), Tq),
+                                   heads16(kb.data(), Tk), heads16(vb.data(), Tk), heads16(out_ref_bits.data(), Tq),
+                                   lse_ref.data(), type, options, /*deterministic=*/true, nullptr);
+    std::vector<float> dq_ref(q.size()), dk_ref(k.size()), dv_ref(v.size());
+    ref::attention_backward(heads(dq_ref, B, Tq, H, D), heads(dk_ref, B, Tk, H, D), heads(dv_ref, B, Tk, H, D),
+                            as_const(heads(dout, B, Tq, H, D)), as_const(heads(q, B, Tq, H, D)),
+                            as_const(heads(k, B, Tk, H, D)), as_const(heads(v, B, Tk, H, D)),
+                            as_const(heads(out16, B, Tq, H, D)), lse_ref.data(), options);
+    const std::pair<const char*, std::pair<std::vector<uint16_t>*, std::vector<float>*>> grads[] = {
+        {"attention_backward_16bit dq", {&dq_bits, &dq_ref}},
+        {"attention_backward_16bit dk", {&dk_bits, &dk_ref}},
+        {"attention_backward_16bit dv", {&dv_bits, &dv_ref}}};
+    for (const auto& [name, pair] : grads) {
+      std::vector<float> got(pair.first->size());
+      for (size_t i = 0; i < got.size(); ++i)
+        got[i] = bf16 ? __bfloat162float(__nv_bfloat16{(*pair.first)[i]}) : __half2float(__half{(*pair.first)[i]});
+      expect_close(name, got, *pair.second, bf16 ? 1.5e-2f : 2e-3f);  // P and dS are rounded to 16 bits too
+    }
+  }
+}
+
 void check_loss(std::mt19937& rng) {
   const int64_t N = 9, C = 40, V = 131;
   auto hidden = random_floats(N * C, rng), weight = random_floats(V * C, rng, 0.2f), bias = random_floats(V, rng);
@@ -177,6 +242,7 @@ int main(int argc, char** argv) {
   check_gelu(rng);
   check_adamw(rng);
   check_attention(rng);
+  check_attention_16bit(rng);
   check_loss(rng);
   std::printf("%s\n", g_failures ? "FAILED" : "all kernels match the reference");
   return g_failures ? 1 : 0;

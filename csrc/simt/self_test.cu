@@ -169,7 +169,8 @@ void to_half(const float* x, uint16_t* bits, int n, bool bfloat16) {
 }
 
 void from_half(const uint16_t* bits, float* x, int n, bool bfloat16) {
-  for (int i = 0; i < n; ++i) x[i] = bfloat16 ? __bfloat162float(__nv_bfloat16{bits[i]}) : __half2float(__half{bits[i]});
+  for (int i = 0; i < n; ++i)
+    x[i] = bfloat16 ? __bfloat162float(__nv_bfloat16{bits[i]}) : __half2float(__half{bits[i]});
 }
 
 void divergent_barrier() {

@@ -93,7 +93,7 @@ def info() -> str:
         ("cpu", f"{platform.machine()}, {os.cpu_count()} logical cores"),
         ("cpu code path", f"{ssl_core.get_cpu_isa()} (supported: {', '.join(ssl_core.supported_cpu_isas())})"),
         ("threads", f"{ssl_core.get_num_threads()} (OpenMP {'on' if _C.WITH_OPENMP else 'off'})"),
-        ("WITH_CUDA", str(ssl_core.WITH_CUDA) + (f" (kernels for {_C.CUDA_ARCHITECTURES})" if ssl_core.WITH_CUDA else "")),
+        ("WITH_CUDA", f"True (kernels for {_C.CUDA_ARCHITECTURES})" if ssl_core.WITH_CUDA else "False"),
         ("cuda devices", str(_C.cuda_device_count())),
     ]
     width = max(len(k) for k, _ in rows)

@@ -48,5 +48,13 @@ enum class HalfType { float16, bfloat16 };
 void attention_forward_16bit(HeadsViewT<uint16_t> out, float* lse, HeadsViewT<const uint16_t> q,
                              HeadsViewT<const uint16_t> k, HeadsViewT<const uint16_t> v, HalfType type,
                              const AttentionOptions& options, Stream stream);
+// attention_backward on tensor cores: dq, dk, dv, dout, q, k, v and out
+// 16-bit (of `type`), lse float32 from the forward; accumulation in float32.
+// head_dim a multiple of 16 in [16, 128]; otherwise as attention_backward.
+void attention_backward_16bit(HeadsViewT<uint16_t> dq, HeadsViewT<uint16_t> dk, HeadsViewT<uint16_t> dv,
+                              HeadsViewT<const uint16_t> dout, HeadsViewT<const uint16_t> q,
+                              HeadsViewT<const uint16_t> k, HeadsViewT<const uint16_t> v,
+                              HeadsViewT<const uint16_t> out, const float* lse, HalfType type,
+                              const AttentionOptions& options, bool deterministic, Stream stream);
 
 }  // namespace ssl_core::cuda

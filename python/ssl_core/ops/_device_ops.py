@@ -98,19 +98,21 @@ def attention_forward(q, k, v, causal, key_lengths, prefix_lengths, mask, scale,
 
 def attention_backward(dout, q, k, v, out, lse, causal, key_lengths, prefix_lengths, mask, scale, dropout_p,
                        seed, grads, deterministic):
+    """float32 arrays run the float32 kernel; float16 ones the tensor-core kernel (dq, dk, dv float16)."""
     _known(dout, "dout")
-    if _typestr(q) == "<f2":
-        raise TypeError("attention_backward on CUDA arrays takes float32 arrays; the float16 kernel is forward "
-                        "only (inference) so far, got q of dtype float16")
+    half = _typestr(q) == "<f2"
+    dtype = np.float16 if half else np.float32
     dq, dk, dv = split_out(grads, ("dq", "dk", "dv"), arg="grads")
-    dq = _empty(q, q.shape) if dq is None else dq
-    dk = _empty(q, k.shape) if dk is None else dk
-    dv = _empty(q, v.shape) if dv is None else dv
+    dq = _empty(q, q.shape, dtype) if dq is None else dq
+    dk = _empty(q, k.shape, dtype) if dk is None else dk
+    dv = _empty(q, v.shape, dtype) if dv is None else dv
     key_lengths, prefix_lengths, mask = _mask_arguments(q, key_lengths, prefix_lengths, mask)
-    kernels().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal=bool(causal),
-                                 key_lengths=key_lengths, prefix_lengths=prefix_lengths, mask=mask,
-                                 dropout_p=dropout_p, seed=seed, deterministic=bool(deterministic),
-                                 stream=_stream(q))
+    options = dict(causal=bool(causal), key_lengths=key_lengths, prefix_lengths=prefix_lengths, mask=mask,
+                   dropout_p=dropout_p, seed=seed, deterministic=bool(deterministic), stream=_stream(q))
+    if half:
+        kernels().attention_backward_16bit(dq, dk, dv, dout, q, k, v, out, lse, "float16", scale, **options)
+    else:
+        kernels().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, **options)
     return dq, dk, dv
 
 
