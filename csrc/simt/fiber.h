@@ -2,10 +2,11 @@
 //
 // On x86-64 a fiber switch saves the callee-saved registers and the stack
 // pointer and loads another's (fiber.cpp, a few instructions): ucontext's
-// swapcontext also saves the signal mask with a system call, about 270 ns a
-// switch, which made emulated kernels roughly ten times slower. ucontext is
-// the portable fallback, and what the sanitizer builds use, with the fiber
-// annotations AddressSanitizer and ThreadSanitizer need to follow switches.
+// swapcontext also saves the signal mask with a system call each switch. The
+// float32 attention tests (test_cuda_attention.py and _backward.py, pytest and all) took
+// 13-14 s with the former and 27-31 s with the latter here. ucontext is the
+// portable fallback (-DSIMT_UCONTEXT=1), and what the sanitizer builds use,
+// with the fiber annotations AddressSanitizer and ThreadSanitizer need.
 #pragma once
 
 #include <cstddef>

@@ -4,11 +4,14 @@
 // static shared arrays included) and under ThreadSanitizer (a missing
 // __syncthreads or a race between blocks), with the grid in both orders.
 //
-//   simt_kernel_check [forward|reverse] [missing-barrier|with-barrier]
+//   simt_kernel_check [forward|reverse] [missing-barrier|with-barrier|
+//                      static-shared-overflow|dynamic-shared-overread]
 //
-// "missing-barrier" runs a planted racy kernel instead, which ThreadSanitizer
-// must report (the ctest expects its report); "with-barrier" the same kernel
-// with its barrier, which it must not.
+// The other modes run one planted kernel instead, whose bug the sanitizer
+// must report (the ctests expect its report): "missing-barrier" (a race for
+// ThreadSanitizer), the two out-of-bounds shared memory accesses (bounds
+// checks and AddressSanitizer); "with-barrier" is the race-free twin, which
+// must pass.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -235,6 +238,14 @@ int main(int argc, char** argv) {
       const float sum = simt_self_test::block_sum(x.data(), 256, 64, with_barrier);
       std::printf("block sum %s a barrier: %g\n", with_barrier ? "with" : "without", sum);
       return with_barrier && sum != 256.0f;
+    }
+    if (std::strcmp(argv[i], "static-shared-overflow") == 0) {
+      simt_self_test::static_shared_overflow();
+      return 0;
+    }
+    if (std::strcmp(argv[i], "dynamic-shared-overread") == 0) {
+      std::printf("read %g\n", simt_self_test::dynamic_shared_overread(256));
+      return 0;
     }
   }
   std::mt19937 rng(42);

@@ -173,6 +173,29 @@ void from_half(const uint16_t* bits, float* x, int n, bool bfloat16) {
     x[i] = bfloat16 ? __bfloat162float(__nv_bfloat16{bits[i]}) : __half2float(__half{bits[i]});
 }
 
+__global__ void static_overflow_kernel(float* out) {
+  __shared__ float tile[32];
+  tile[threadIdx.x + 1] = 1.0f;  // thread 31 writes tile[32]
+  __syncthreads();
+  out[threadIdx.x] = tile[threadIdx.x];
+}
+
+__global__ void overread_kernel(int floats, float* out) {
+  const float* shared = dynamic_shared<float>();
+  if (threadIdx.x == 0) *out = shared[floats];  // one past the end
+}
+
+void static_shared_overflow() {
+  float out[32];
+  SSL_CORE_LAUNCH(static_overflow_kernel, 1, 32, 0, nullptr, out);
+}
+
+float dynamic_shared_overread(int bytes) {
+  float out = 0.0f;
+  SSL_CORE_LAUNCH(overread_kernel, 1, 32, bytes, nullptr, bytes / static_cast<int>(sizeof(float)), &out);
+  return out;
+}
+
 void divergent_barrier() {
   int out[32];
   SSL_CORE_LAUNCH(divergent_barrier_kernel, 1, 32, 0, nullptr, out);

@@ -43,4 +43,9 @@ void dynamic_shared_overflow(int bytes);  // writes one float past `bytes`
 void too_much_dynamic_shared();           // 64 KB without raising the limit
 void exit_before_barrier();               // legal; a fault under strict barriers
 
+// Out-of-bounds shared memory that only the sanitizer builds can see (never
+// call these in an unsanitized process: they are undefined behaviour there).
+void static_shared_overflow();  // writes one float past a static __shared__ array
+float dynamic_shared_overread(int bytes);  // reads one float past the dynamic shared memory
+
 }  // namespace simt_self_test

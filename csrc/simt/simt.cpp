@@ -17,6 +17,10 @@
 
 #include "simt/fiber.h"
 
+#if SIMT_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace simt {
 
 thread_local const uint3* current_thread_index = nullptr;
@@ -248,6 +252,24 @@ void check_waiting_lanes(const Block& block, const Thread& exited) {
   }
 }
 
+// Under AddressSanitizer the guard bytes around the dynamic shared memory
+// are poisoned while a block runs, so that reads past it are caught too (the
+// guard pattern, checked after each block, catches writes in every build).
+struct SharedGuards {
+  explicit SharedGuards(std::vector<unsigned char>& shared) : bytes(shared) {
+#if SIMT_ASAN
+    ASAN_POISON_MEMORY_REGION(bytes.data(), kGuardBytes);
+    ASAN_POISON_MEMORY_REGION(bytes.data() + bytes.size() - kGuardBytes, kGuardBytes);
+#endif
+  }
+  ~SharedGuards() {
+#if SIMT_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(bytes.data(), bytes.size());
+#endif
+  }
+  std::vector<unsigned char>& bytes;
+};
+
 // Runs every thread of one block to its end.
 void run_block(Block& block) {
   const bool reverse = g_schedule.load() == Schedule::reverse;
@@ -430,7 +452,10 @@ void run_grid(const void* kernel, dim3 grid, dim3 block_shape, size_t shared_byt
 #endif
     std::fill(shared.begin(), shared.end(), kGuardByte);
     std::fill(shared.begin() + kGuardBytes, shared.end() - kGuardBytes, kPoisonByte);
-    run_block(block);
+    {
+      SharedGuards guards(shared);
+      run_block(block);
+    }
     // ThreadSanitizer sees the blocks of a grid as ordered, one after the
     // other: static __shared__ arrays (thread-local here) are the same memory
     // for every block and would look shared between them. Races between
