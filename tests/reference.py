@@ -226,3 +226,36 @@ def linear_cross_entropy_logit_gradient(hidden, weight, bias, labels, ignore_ind
     """dz (M, V): the gradient of the reduced loss with respect to the float64
     logits of the labelled rows, for sizing error bounds."""
     return _cross_entropy_terms(hidden, weight, bias, labels, ignore_index, label_smoothing, reduction)[5]
+
+
+# ------------------------------------------------ 16-bit floats in NumPy --
+
+def bfloat16_bits(x):
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even; NaN stays a quiet NaN."""
+    x = np.asarray(x, np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), ((bits >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def to_16bit(x, dtype):
+    """(the array a 16-bit kernel takes, its values as float32): float16 arrays
+    for "float16", uint16 bfloat16 bits for "bfloat16"."""
+    if dtype == "float16":
+        h = np.asarray(x, np.float32).astype(np.float16)
+        return h, h.astype(np.float32)
+    bits = bfloat16_bits(x)
+    return bits, from_16bit(bits, dtype)
+
+
+def from_16bit(a, dtype):
+    if dtype == "float16":
+        return a.astype(np.float32)
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
+def nan_16bit(shape, dtype):
+    """A 16-bit array full of NaN, so that anything a kernel leaves unwritten shows."""
+    if dtype == "float16":
+        return np.full(shape, np.nan, np.float16)
+    return np.full(shape, 0x7FC0, np.uint16)

@@ -29,36 +29,19 @@ import pytest
 
 from ssl_core import ops
 
+from reference import from_16bit, nan_16bit, to_16bit
+
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 ATOL = {"float16": 3e-5, "bfloat16": 1e-6}
 F32_NOISE = 2e-5
 
 
-def bfloat16_bits(x):
-    x = np.asarray(x, np.float32)
-    bits = x.view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def to_16bit(x, dtype):
-    """(array the kernel takes, its values as float32)."""
-    if dtype == "float16":
-        h = np.asarray(x, np.float32).astype(np.float16)
-        return h, h.astype(np.float32)
-    bits = bfloat16_bits(x)
-    return bits, from_16bit(bits, dtype)
 
 
-def from_16bit(a, dtype):
-    if dtype == "float16":
-        return a.astype(np.float32)
-    return (a.astype(np.uint32) << 16).view(np.float32)
 
 
-def nan_16bit(shape, dtype):
-    if dtype == "float16":
-        return np.full(shape, np.nan, np.float16)
-    return np.full(shape, 0x7FC0, np.uint16)
 
 
 def probe_factors(B, Tq, Tk, H, options):

@@ -6,6 +6,8 @@ and planted bugs that a GPU would run silently (or hang on) reported as faults.
 import numpy as np
 import pytest
 
+from reference import bfloat16_bits
+
 FULL = 0xFFFFFFFF
 
 
@@ -144,12 +146,6 @@ def test_schedule_names_are_checked(simt):
     assert simt.get_schedule() == "forward"
 
 
-def bfloat16_bits(x):
-    """float32 -> bfloat16 bits, rounding to nearest even (NaN kept quiet), in NumPy."""
-    x = np.asarray(x, np.float32)
-    bits = x.view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), ((bits >> 16) | 0x40).astype(np.uint16), rounded)
 
 
 def test_half_conversions_match_numpy(simt, rng):

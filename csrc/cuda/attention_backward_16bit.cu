@@ -102,30 +102,6 @@ static_assert(kScratchBytes % 32 == 0 && kPBytes % 32 == 0, "tiles stay 32-byte 
 
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-template <class T>
-struct Convert;
-template <>
-struct Convert<__half> {
-  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
-};
-template <>
-struct Convert<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-};
-
-template <class T>
-struct alignas(8) Four {
-  T v[4];
-};
-
-template <class T>
-__device__ __forceinline__ Four<T> four(float a, float b, float c, float d) {
-  return Four<T>{{Convert<T>::from_float(a), Convert<T>::from_float(b), Convert<T>::from_float(c),
-                  Convert<T>::from_float(d)}};
-}
-
 struct Backward16Params {
   uint16_t* dq;
   uint16_t* dk;

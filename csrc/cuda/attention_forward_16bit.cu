@@ -103,31 +103,6 @@ constexpr int kFactorOffset = 16 * kPLd * 2;           // F after P in the scrat
 static_assert(kFactorOffset % 32 == 0 && kFactorOffset + 16 * 16 * 4 <= kScratchBytes, "F fits after P");
 static_assert(kScratchBytes % 32 == 0, "scratch tiles stay 32-byte aligned");
 
-template <class T>
-struct Convert;
-template <>
-struct Convert<__half> {
-  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
-};
-template <>
-struct Convert<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-};
-
-// Four 16-bit values, one 8-byte store.
-template <class T>
-struct alignas(8) Four {
-  T v[4];
-};
-
-template <class T>
-__device__ __forceinline__ Four<T> four(float a, float b, float c, float d) {
-  return Four<T>{{Convert<T>::from_float(a), Convert<T>::from_float(b), Convert<T>::from_float(c),
-                  Convert<T>::from_float(d)}};
-}
-
 struct Forward16Params : AttentionParams<uint16_t> {
   bool load_vectorized;   // q, k, v rows 16-byte aligned: 8 elements a load
   bool store_vectorized;  // out rows 8-byte aligned: 4 elements a store

@@ -84,6 +84,32 @@ __device__ __forceinline__ void store_floats(float* p, const float* in) {
     *p = in[0];
 }
 
+// float32 to and from the 16-bit types of the tensor-core kernels.
+template <class T>
+struct Convert;
+template <>
+struct Convert<__half> {
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+// Four 16-bit values, one 8-byte store.
+template <class T>
+struct alignas(8) Four {
+  T v[4];
+};
+
+template <class T>
+__device__ __forceinline__ Four<T> four(float a, float b, float c, float d) {
+  return Four<T>{{Convert<T>::from_float(a), Convert<T>::from_float(b), Convert<T>::from_float(c),
+                  Convert<T>::from_float(d)}};
+}
+
 constexpr unsigned kFullWarp = 0xffffffffu;
 
 // Sum / max over the 32 lanes of a full warp; every lane gets the result.
