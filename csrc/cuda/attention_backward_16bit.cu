@@ -167,40 +167,17 @@ struct Shared {
   __device__ __forceinline__ const T* as(const uint16_t* x) const { return reinterpret_cast<const T*>(x); }
 };
 
-// Rows [0, 64) of a tile into shared memory (rows from `valid` on as zeros),
-// columns [0, D); consecutive threads copy consecutive 16-byte pieces.
-template <int kLd>
-__device__ __forceinline__ void load_tile(uint16_t* dst, const uint16_t* src, int64_t seq_stride, int valid, int D,
-                                          bool vectorized) {
-  const int pieces_per_row = D / 8;
-  for (int piece = threadIdx.x; piece < kTile * pieces_per_row; piece += kThreads) {
-    const int row = piece / pieces_per_row, col = (piece - row * pieces_per_row) * 8;
-    uint4 value = make_uint4(0u, 0u, 0u, 0u);
-    if (row < valid) {
-      const uint16_t* p = src + row * seq_stride + col;
-      if (vectorized) {
-        value = *reinterpret_cast<const uint4*>(p);
-      } else {
-        value.x = p[0] | static_cast<unsigned>(p[1]) << 16;
-        value.y = p[2] | static_cast<unsigned>(p[3]) << 16;
-        value.z = p[4] | static_cast<unsigned>(p[5]) << 16;
-        value.w = p[6] | static_cast<unsigned>(p[7]) << 16;
-      }
-    }
-    *reinterpret_cast<uint4*>(dst + row * kLd + col) = value;
-  }
-}
-
 template <class T, int kMaxD>
 __device__ __forceinline__ void load_query_tile(const Backward16Params& p, const Shared<T, kMaxD>& t, int64_t b,
                                                 int64_t h, int64_t i0) {
   constexpr int kLd = Config<kMaxD>::kLd;
   const int valid = static_cast<int>(p.q_seq - i0 < kTile ? p.q_seq - i0 : kTile);
   const int D = static_cast<int>(p.dim);
-  load_tile<kLd>(t.q, p.q + b * p.q_stride[0] + h * p.q_stride[2] + i0 * p.q_stride[1], p.q_stride[1], valid, D,
-                 p.load_vectorized);
-  load_tile<kLd>(t.dout, p.dout + b * p.dout_stride[0] + h * p.dout_stride[2] + i0 * p.dout_stride[1],
-                 p.dout_stride[1], valid, D, p.load_vectorized);
+  load_tile16<kTile, kLd, kThreads>(t.q, p.q + b * p.q_stride[0] + h * p.q_stride[2] + i0 * p.q_stride[1],
+                                    p.q_stride[1], valid, D, p.load_vectorized);
+  load_tile16<kTile, kLd, kThreads>(t.dout,
+                                    p.dout + b * p.dout_stride[0] + h * p.dout_stride[2] + i0 * p.dout_stride[1],
+                                    p.dout_stride[1], valid, D, p.load_vectorized);
   if (threadIdx.x < kTile) {
     const int64_t row = (b * p.heads + h) * p.q_seq + i0 + threadIdx.x;
     const bool in = static_cast<int>(threadIdx.x) < valid;
@@ -214,10 +191,10 @@ __device__ __forceinline__ void load_key_tile(const Backward16Params& p, const S
                                               int64_t h, int64_t j0, int valid) {
   constexpr int kLd = Config<kMaxD>::kLd;
   const int D = static_cast<int>(p.dim);
-  load_tile<kLd>(t.k, p.k + b * p.k_stride[0] + h * p.k_stride[2] + j0 * p.k_stride[1], p.k_stride[1], valid, D,
-                 p.load_vectorized);
-  load_tile<kLd>(t.v, p.v + b * p.v_stride[0] + h * p.v_stride[2] + j0 * p.v_stride[1], p.v_stride[1], valid, D,
-                 p.load_vectorized);
+  load_tile16<kTile, kLd, kThreads>(t.k, p.k + b * p.k_stride[0] + h * p.k_stride[2] + j0 * p.k_stride[1],
+                                    p.k_stride[1], valid, D, p.load_vectorized);
+  load_tile16<kTile, kLd, kThreads>(t.v, p.v + b * p.v_stride[0] + h * p.v_stride[2] + j0 * p.v_stride[1],
+                                    p.v_stride[1], valid, D, p.load_vectorized);
 }
 
 // Warp `warp`'s rows (queries i0 + 16 warp ..) of the P o [kept] (if kNeedP)

@@ -179,4 +179,30 @@ bool rows_aligned(const HeadsViewT<T>& x, int64_t bytes) {
          x.seq_stride * size % bytes == 0 && x.head_stride * size % bytes == 0;
 }
 
+// Rows [0, kRows) of a 16-bit tile into shared memory with kLd elements a
+// row (rows from `valid` on as zeros), columns [0, D), D a multiple of 8: the
+// kThreads threads of the block copy consecutive 16-byte pieces, loaded as
+// one uint4 when `vectorized` (every row 16-byte aligned).
+template <int kRows, int kLd, int kThreads>
+__device__ __forceinline__ void load_tile16(uint16_t* dst, const uint16_t* src, int64_t seq_stride, int valid,
+                                            int D, bool vectorized) {
+  const int pieces_per_row = D / 8;
+  for (int piece = threadIdx.x; piece < kRows * pieces_per_row; piece += kThreads) {
+    const int row = piece / pieces_per_row, col = (piece - row * pieces_per_row) * 8;
+    uint4 value = make_uint4(0u, 0u, 0u, 0u);
+    if (row < valid) {
+      const uint16_t* p = src + row * seq_stride + col;
+      if (vectorized) {
+        value = *reinterpret_cast<const uint4*>(p);
+      } else {
+        value.x = p[0] | static_cast<unsigned>(p[1]) << 16;
+        value.y = p[2] | static_cast<unsigned>(p[3]) << 16;
+        value.z = p[4] | static_cast<unsigned>(p[5]) << 16;
+        value.w = p[6] | static_cast<unsigned>(p[7]) << 16;
+      }
+    }
+    *reinterpret_cast<uint4*>(dst + row * kLd + col) = value;
+  }
+}
+
 }  // namespace ssl_core::cuda

@@ -119,31 +119,6 @@ struct Config {
   static constexpr int kSharedBytes = 3 * kTileBytes + kWarps * kScratchBytes + 32;
 };
 
-// Rows [0, 64) of a tile (rows from `valid` on as zeros, so that padded keys
-// give zero scores and add zero values) into shared memory with row stride
-// kLd. Consecutive threads copy consecutive 16-byte pieces of a row.
-template <int kLd>
-__device__ __forceinline__ void load_tile(uint16_t* dst, const uint16_t* src, int64_t seq_stride, int valid, int D,
-                                          bool vectorized, int tid) {
-  const int pieces_per_row = D / 8;
-  for (int piece = tid; piece < kKeyTile * pieces_per_row; piece += kThreads) {
-    const int row = piece / pieces_per_row, col = (piece - row * pieces_per_row) * 8;
-    uint4 value = make_uint4(0u, 0u, 0u, 0u);
-    if (row < valid) {
-      const uint16_t* p = src + row * seq_stride + col;
-      if (vectorized) {
-        value = *reinterpret_cast<const uint4*>(p);
-      } else {
-        value.x = p[0] | static_cast<unsigned>(p[1]) << 16;
-        value.y = p[2] | static_cast<unsigned>(p[3]) << 16;
-        value.z = p[4] | static_cast<unsigned>(p[5]) << 16;
-        value.w = p[6] | static_cast<unsigned>(p[7]) << 16;
-      }
-    }
-    *reinterpret_cast<uint4*>(dst + row * kLd + col) = value;
-  }
-}
-
 // Every element of an accumulator fragment times its row's factor: F is a
 // 16 x 16 float matrix whose row r is factor[r] (see the header).
 __device__ __forceinline__ void load_row_factors(wmma::fragment<wmma::accumulator, 16, 16, 16, float>& f,
@@ -191,7 +166,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_16bit_kernel(const
 
   const int64_t* qs = p.q_stride;
   const int q_valid = static_cast<int>(Tq - i0 < kQueryTile ? Tq - i0 : kQueryTile);
-  load_tile<kLd>(Qbits, p.q + b * qs[0] + head * qs[2] + i0 * qs[1], qs[1], q_valid, D, p.load_vectorized, tid);
+  load_tile16<kKeyTile, kLd, kThreads>(Qbits, p.q + b * qs[0] + head * qs[2] + i0 * qs[1], qs[1], q_valid, D,
+                                       p.load_vectorized);
   const uint16_t* k_head = p.k + b * p.k_stride[0] + head * p.k_stride[2];
   const uint16_t* v_head = p.v + b * p.v_stride[0] + head * p.v_stride[2];
 
@@ -203,8 +179,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_16bit_kernel(const
   for (int64_t j0 = 0; j0 < key_end; j0 += kKeyTile) {
     const int k_valid = static_cast<int>(key_end - j0 < kKeyTile ? key_end - j0 : kKeyTile);
     __syncthreads();  // every warp is done with the previous K and V (and Q is written)
-    load_tile<kLd>(Kbits, k_head + j0 * p.k_stride[1], p.k_stride[1], k_valid, D, p.load_vectorized, tid);
-    load_tile<kLd>(Vbits, v_head + j0 * p.v_stride[1], p.v_stride[1], k_valid, D, p.load_vectorized, tid);
+    load_tile16<kKeyTile, kLd, kThreads>(Kbits, k_head + j0 * p.k_stride[1], p.k_stride[1], k_valid, D,
+                                         p.load_vectorized);
+    load_tile16<kKeyTile, kLd, kThreads>(Vbits, v_head + j0 * p.v_stride[1], p.v_stride[1], k_valid, D,
+                                         p.load_vectorized);
     __syncthreads();
     if (!warp_active || j0 >= warp_key_end) continue;  // warp-uniform: nothing visible to these rows
 
