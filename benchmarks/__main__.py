@@ -14,13 +14,13 @@ import time
 
 import ssl_core
 
-from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_generate, bench_layer_norm, bench_loss,
-                        bench_pretrain, bench_train)
+from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_generate, bench_hf_patch,
+                        bench_layer_norm, bench_loss, bench_pretrain, bench_train)
 from benchmarks.common import copy_bandwidth, load_torch, machine_description, print_table, write_json
 
 SUITES = {"layer_norm": bench_layer_norm, "gelu": bench_gelu, "attention": bench_attention, "loss": bench_loss,
           "train": bench_train, "pretrain": bench_pretrain, "finetune": bench_finetune,
-          "generate": bench_generate}
+          "generate": bench_generate, "hf_patch": bench_hf_patch}
 
 
 def main():

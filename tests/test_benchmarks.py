@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_generate, bench_layer_norm, bench_loss,
-                        bench_pretrain, bench_train, common)
+from benchmarks import (bench_attention, bench_finetune, bench_gelu, bench_generate, bench_hf_patch, bench_layer_norm,
+                        bench_loss, bench_pretrain, bench_train, common)
 
 
 def test_suites_produce_rows_and_json(tmp_path, capsys):
@@ -129,3 +129,15 @@ def test_compare_sets_speedup():
     rows = [common.Result("op", "1", "a", "x", 2.0, 8, 1.0), common.Result("op", "1", "b", "y", 6.0, 8, 1.0)]
     common.compare(rows, "op", "a/x", "b/y")
     assert rows[0].speedup == 3.0 and rows[0].compare_to == "b/y"
+
+
+def test_hf_patch_suite_times_both_models_patched_and_not():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    results = bench_hf_patch.run(torch, 1e9, repeats=1, shape=(2, 16), config_overrides=dict(vocab_size=300),
+                                 matmul_n=64, memory=False)
+    steps = {(r.op, r.variant): r for r in results if "train step" in r.op}
+    assert set(steps) == {(f"{m} train step", v) for m in ("BertForPreTraining", "GPT2LMHeadModel")
+                          for v in ("transformers", "apply_ssl_core")}
+    patched = [r for r in steps.values() if r.variant == "apply_ssl_core"]
+    assert all(r.speedup > 0 and r.compare_to == "torch/transformers" and "tokens/s" in r.note for r in patched)

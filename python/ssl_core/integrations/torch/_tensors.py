@@ -1,0 +1,56 @@
+"""Checking torch tensors and handing their memory to the kernels.
+
+A CPU tensor reaches the CPU kernels as a NumPy view made through DLPack
+(``np.from_dlpack``: same memory, same strides, no copy); a CUDA tensor goes to
+``ssl_core.ops`` as it is, which reads its ``__cuda_array_interface__`` and
+runs the CUDA kernel on torch's current stream. Either way the results are
+torch tensors allocated here, written in place by the kernels.
+"""
+
+import torch
+
+_DEVICES = ("cpu", "cuda")
+
+
+def kernel_view(tensor):
+    """What ``ssl_core.ops`` is given for ``tensor``: a NumPy view of a CPU
+    tensor, the tensor itself on CUDA; None stays None."""
+    if tensor is None or tensor.device.type == "cuda":
+        return tensor
+    import numpy as np
+
+    return np.from_dlpack(tensor.detach())
+
+
+def check_tensor(name, tensor, dtypes=(torch.float32,), optional=False, like=None):
+    """TypeError/ValueError naming ``name`` unless ``tensor`` is a torch.Tensor
+    of one of ``dtypes``, on the CPU or a CUDA device (``like``'s device when given)."""
+    if tensor is None and optional:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__module__}.{type(tensor).__qualname__}")
+    if tensor.dtype not in dtypes:
+        allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        hint = "; convert it with .float()" if torch.float32 in dtypes and tensor.is_floating_point() else ""
+        raise TypeError(f"{name} must be a {allowed} tensor, got {str(tensor.dtype).replace('torch.', '')}{hint}")
+    if tensor.device.type not in _DEVICES:
+        raise TypeError(f"{name} is on device {tensor.device}; ssl_core's kernels take CPU and CUDA tensors")
+    if like is not None and tensor.device != like.device:
+        raise ValueError(f"{name} is on {tensor.device} but the other tensors are on {like.device}")
+
+
+def check_last_axis_contiguous(name, tensor):
+    """ValueError naming ``name`` unless the last axis of ``tensor`` has stride 1
+    (what the kernels read; anything else would need a silent copy)."""
+    if tensor.dim() and tensor.shape[-1] > 1 and tensor.stride(-1) != 1:
+        raise ValueError(
+            f"{name} must have a contiguous last axis (stride 1), got strides {tuple(tensor.stride())}; "
+            "call .contiguous() on it"
+        )
+
+
+def dense(tensor):
+    """``tensor``, copied if it is not contiguous: for the gradients autograd
+    hands to a backward (e.g. the stride-0 expansions of ``y.sum()``), whose
+    layout no caller chooses."""
+    return tensor if tensor.is_contiguous() else tensor.contiguous()

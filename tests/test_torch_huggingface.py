@@ -1,0 +1,199 @@
+"""apply_ssl_core: transformers' BERT and GPT-2 on our kernels give the
+outputs and gradients of the unpatched models (the reference), and train."""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from ssl_core.integrations.torch import GELU, LayerNorm, functional  # noqa: E402
+from ssl_core.integrations.torch.huggingface import apply_ssl_core  # noqa: E402
+
+VOCAB = 300
+
+
+def bert(cls=transformers.BertForMaskedLM, **overrides):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64, **overrides)
+    return cls(config).eval()
+
+
+def gpt2(**overrides):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0, **overrides)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def patched(model):
+    return apply_ssl_core(copy.deepcopy(model))
+
+
+def batch(B=3, T=12, padding="right", seed=1):
+    """ids, a padding mask (right or left padded rows) and 30% MLM labels on real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    if padding == "right":
+        mask[1, T - 4:], mask[2, 5:] = 0, 0
+    elif padding == "left":
+        mask[1, :4], mask[2, :7] = 0, 0
+    labels = torch.where((torch.rand(B, T, generator=g) < 0.3) & (mask == 1), ids, -100)
+    labels[0, 0] = ids[0, 0]  # at least one label
+    return ids, mask, labels
+
+
+def assert_same_gradients(reference, ours, rtol=1e-4, atol=1e-6):
+    ours_params = dict(ours.named_parameters())
+    for name, param in reference.named_parameters():
+        if param.grad is None:
+            assert ours_params[name].grad is None, name
+            continue
+        torch.testing.assert_close(ours_params[name].grad, param.grad, rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_bert_masked_lm_matches_transformers(padding):
+    reference = bert()
+    ours = patched(reference)
+    ids, mask, labels = batch(padding=padding)
+    expected = reference(input_ids=ids, attention_mask=mask, labels=labels)
+    got = ours(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    expected.loss.backward()
+    got.loss.backward()
+    assert_same_gradients(reference, ours)
+
+
+def test_bert_pretraining_matches_transformers():
+    reference = bert(transformers.BertForPreTraining)
+    ours = patched(reference)
+    ids, mask, labels = batch()
+    kwargs = dict(input_ids=ids, attention_mask=mask, labels=labels, next_sentence_label=torch.tensor([0, 1, 1]),
+                  token_type_ids=(torch.arange(12) >= 6).long().expand(3, 12))
+    expected, got = reference(**kwargs), ours(**kwargs)
+    for field in ("loss", "prediction_logits", "seq_relationship_logits"):
+        torch.testing.assert_close(getattr(got, field), getattr(expected, field), rtol=1e-5, atol=1e-5)
+    expected.loss.backward()
+    got.loss.backward()
+    assert_same_gradients(reference, ours)
+    without_nsp = ours(input_ids=ids, attention_mask=mask, labels=labels)  # transformers: the loss needs both
+    assert without_nsp.loss is None
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_gpt2_matches_transformers(padding):
+    reference = gpt2()
+    ours = patched(reference)
+    ids, mask, _ = batch(padding=padding)
+    labels = ids.masked_fill(mask == 0, -100)
+    expected = reference(ids, attention_mask=mask, labels=labels)
+    got = ours(ids, attention_mask=mask, labels=labels)
+    real = mask.bool()  # transformers' logits at padded query positions depend on its mask convention
+    torch.testing.assert_close(got.logits[real], expected.logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    expected.loss.backward()
+    got.loss.backward()
+    assert_same_gradients(reference, ours)
+
+
+def test_gpt2_loss_over_items_of_the_step_as_the_trainer_passes_it():
+    reference = gpt2()
+    ours = patched(reference)
+    ids, _, _ = batch()
+    items = torch.tensor(50)
+    torch.testing.assert_close(ours(ids, labels=ids, num_items_in_batch=items).loss,
+                               reference(ids, labels=ids, num_items_in_batch=items).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_generation_with_the_cache_is_unchanged():
+    reference = gpt2()
+    ours = patched(reference)
+    prompt = torch.tensor([[5, 17, 33, 2, 9]])
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
+
+
+def test_training_with_labels_skips_the_logits_and_matches_eval_loss():
+    reference = bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours = patched(reference)
+    ids, mask, labels = batch()
+    expected = reference(input_ids=ids, attention_mask=mask, labels=labels)
+    got = ours.train()(input_ids=ids, attention_mask=mask, labels=labels)
+    assert got.logits is None  # never built: the fused loss's point
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    assert ours(input_ids=ids, attention_mask=mask).logits.shape == (3, 12, VOCAB)  # no labels: logits as usual
+
+
+def test_patched_model_trains_with_dropout():
+    model = apply_ssl_core(gpt2().train())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids, _, _ = batch(B=4, T=16)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_what_is_swapped_and_what_is_kept(monkeypatch):
+    reference = bert()
+    ours = patched(reference)
+    assert ours.config._attn_implementation == "ssl_core"
+    layer_norms = [m for m in reference.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(layer_norms) == 2 * 2 + 2  # 2 per layer, the embeddings', the MLM transform's
+    assert sum(type(m) is LayerNorm for m in ours.modules()) == len(layer_norms)
+    assert [m.approximate for m in ours.modules() if isinstance(m, GELU)] == ["none"] * 3
+    assert [m.approximate for m in patched(gpt2()).modules() if isinstance(m, GELU)] == ["tanh"] * 2
+    state, expected = ours.state_dict(), reference.state_dict()
+    assert list(state) == list(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert all(type(m) is torch.nn.LayerNorm for m in reference.modules() if isinstance(m, torch.nn.LayerNorm))
+
+    calls = []
+    real = functional.attention
+    monkeypatch.setattr(functional, "attention", lambda *a, **k: calls.append(k) or real(*a, **k))
+    ids, mask, _ = batch(padding="right")
+    ours(input_ids=ids, attention_mask=mask)
+    assert len(calls) == 2  # one per layer
+    assert calls[0]["key_lengths"].tolist() == [12, 8, 5] and not calls[0]["causal"]  # padding as lengths
+    calls.clear()
+    ids, mask, _ = batch(padding="left")
+    ours(input_ids=ids, attention_mask=mask)
+    assert calls[0]["mask"].shape == (3, 1, 12, 12)  # left padding: the explicit mask
+
+
+def test_shared_parameters_train_the_same_tensors():
+    model = apply_ssl_core(bert())
+    ln = model.bert.embeddings.LayerNorm
+    ids, mask, labels = batch()
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert ln.weight.grad is not None and ln.weight is dict(model.named_parameters())[
+        "bert.embeddings.LayerNorm.weight"]
+
+
+def test_return_dict_false_gives_a_tuple():
+    ours = patched(bert())
+    ids, mask, labels = batch()
+    out = ours(input_ids=ids, attention_mask=mask, labels=labels, return_dict=False)
+    assert isinstance(out, tuple) and out[0].dim() == 0 and out[1].shape == (3, 12, VOCAB)
+
+
+def test_bad_models_and_masks():
+    with pytest.raises(TypeError, match="BertForMaskedLM.*got .*BertModel"):
+        apply_ssl_core(transformers.BertModel(bert().config))
+    with pytest.raises(TypeError, match="float32 parameters.*float64"):
+        apply_ssl_core(bert().double())
+    ours = patched(bert())
+    ids, _, _ = batch()
+    bias = torch.zeros(3, 1, 12, 12)
+    bias[..., 3] = -2.0  # an attention bias, not a mask
+    with pytest.raises(ValueError, match="attention_mask: .*boolean masks"):
+        ours(input_ids=ids, attention_mask=bias)
