@@ -6,14 +6,16 @@ import numpy as np
 def require_numpy(**arrays):
     """Raise TypeError naming the first argument that is not a NumPy array.
 
-    Only NumPy arrays (the CPU kernels) are supported so far; device arrays and
-    framework tensors get a clear error rather than a silent copy.
+    The CPU kernels take NumPy arrays; other frameworks' CPU arrays have been
+    turned into NumPy views by ``_dlpack.accepts_dlpack`` before this, so what
+    is left (lists, scalars, arrays without DLPack) gets a clear error rather
+    than a silent copy.
     """
     for name, value in arrays.items():
         if value is not None and not isinstance(value, np.ndarray):
             raise TypeError(
-                f"{name} must be a numpy.ndarray of float32, got {type(value).__module__}."
-                f"{type(value).__qualname__}"
+                f"{name} must be a numpy.ndarray of float32 (or a CPU array with __dlpack__, e.g. a torch tensor "
+                f"or a JAX array), got {type(value).__module__}.{type(value).__qualname__}"
             )
 
 

@@ -4,8 +4,10 @@ from ssl_core import _C
 from ssl_core.ops import _device_ops
 from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy
+from ssl_core.ops._dlpack import accepts_dlpack
 
 
+@accepts_dlpack
 def gelu(x, approximate="none", *, bias=None, out=None):
     """GELU(x) = x * Φ(x), elementwise; GELU(x + bias) with a bias.
 
@@ -30,6 +32,7 @@ def gelu(x, approximate="none", *, bias=None, out=None):
     return _C.gelu_forward(x, approximate, bias, out)
 
 
+@accepts_dlpack
 def gelu_backward(dy, x, approximate="none", *, bias=None, out=None):
     """dx = dy * GELU'(x + bias), elementwise (bias None: GELU'(x)).
 

@@ -34,6 +34,7 @@ from ssl_core import _C
 from ssl_core.ops import _device_ops
 from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
+from ssl_core.ops._dlpack import accepts_dlpack
 
 _MASK_DOC = """
         causal: bool, the causal mask (bottom-right aligned when Tq != Tk).
@@ -71,6 +72,7 @@ def _scalars(q, scale, dropout_p, seed):
     return scale, dropout_p, seed
 
 
+@accepts_dlpack
 def attention_forward(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, mask=None,
                       scale=None, dropout_p=0.0, seed=0, out=None):
     """Attention of queries q over keys k and values v.
@@ -96,6 +98,7 @@ def attention_forward(q, k, v, *, causal=False, key_lengths=None, prefix_lengths
                                 seed, out_array, lse)
 
 
+@accepts_dlpack
 def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, mask=None, scale=None,
               dropout_p=0.0, seed=0, out=None):
     """``attention_forward`` without the log-sum-exp: returns out (B, Tq, H, D),
@@ -109,6 +112,7 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
                                 seed, out, None)[0]
 
 
+@accepts_dlpack
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, key_lengths=None, prefix_lengths=None,
                        mask=None, scale=None, dropout_p=0.0, seed=0, grads=None, deterministic=False):
     """Gradients of attention given the upstream gradient ``dout``.

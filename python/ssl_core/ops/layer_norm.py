@@ -4,8 +4,10 @@ from ssl_core import _C
 from ssl_core.ops import _device_ops
 from ssl_core.ops._device import on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
+from ssl_core.ops._dlpack import accepts_dlpack
 
 
+@accepts_dlpack
 def layer_norm_forward(x, weight, bias, eps=1e-5, *, out=None):
     """Normalize each row of ``x`` to zero mean and unit variance, then scale and shift.
 
@@ -37,6 +39,7 @@ def layer_norm_forward(x, weight, bias, eps=1e-5, *, out=None):
     return _C.layer_norm_forward(x, weight, bias, eps, y, mean, rstd)
 
 
+@accepts_dlpack
 def layer_norm(x, weight, bias, eps=1e-5, *, out=None):
     """``layer_norm_forward`` without the saved statistics: returns y (..., C)."""
     if on_device(x=x, weight=weight, bias=bias):
@@ -45,6 +48,7 @@ def layer_norm(x, weight, bias, eps=1e-5, *, out=None):
     return _C.layer_norm_forward(x, weight, bias, eps, out, None, None)[0]
 
 
+@accepts_dlpack
 def layer_norm_backward(dy, x, weight, mean, rstd, *, out=None, accumulate=False):
     """Gradients of LayerNorm given the upstream gradient ``dy``.
 

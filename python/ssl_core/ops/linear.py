@@ -6,6 +6,7 @@ import numpy as np
 
 from ssl_core import _C
 from ssl_core.ops._dispatch import require_numpy
+from ssl_core.ops._dlpack import accepts_dlpack
 
 # When ops.linear picks the kernel: for 2 to 32 rows of x. There OpenBLAS
 # packs its operands for a matrix product and streams a weight matrix from
@@ -33,6 +34,7 @@ def from_bfloat16(bits):
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+@accepts_dlpack
 def linear(x, weight, bias=None, *, out=None, kernel=None):
     """y = x weightᵀ + bias.
 

@@ -8,6 +8,7 @@ from ssl_core import _C
 from ssl_core.ops import _device_ops
 from ssl_core.ops._device import array_type, is_device_array, on_device
 from ssl_core.ops._dispatch import require_numpy, split_out
+from ssl_core.ops._dlpack import accepts_dlpack
 
 
 class MaskedLMLoss(NamedTuple):
@@ -21,6 +22,7 @@ class MaskedLMLoss(NamedTuple):
     d_bias: Optional[np.ndarray] = None  #: (V,), None when bias is None
 
 
+@accepts_dlpack
 def masked_lm_loss(
     hidden,
     weight,

@@ -15,6 +15,8 @@ masked_lm_loss}`` with their backwards, each with a fake implementation for
 
 from ssl_core.integrations.torch.functional import (attention, gelu, layer_norm, masked_lm_loss,
                                                     masked_lm_loss_and_accuracy)
+from ssl_core.integrations.torch.huggingface import apply_ssl_core
 from ssl_core.integrations.torch.modules import GELU, LayerNorm
 
-__all__ = ["GELU", "LayerNorm", "attention", "gelu", "layer_norm", "masked_lm_loss", "masked_lm_loss_and_accuracy"]
+__all__ = ["GELU", "LayerNorm", "apply_ssl_core", "attention", "gelu", "layer_norm", "masked_lm_loss",
+           "masked_lm_loss_and_accuracy"]

@@ -14,9 +14,13 @@ _DEVICES = ("cpu", "cuda")
 
 def kernel_view(tensor):
     """What ``ssl_core.ops`` is given for ``tensor``: a NumPy view of a CPU
-    tensor, the tensor itself on CUDA; None stays None."""
-    if tensor is None or tensor.device.type == "cuda":
-        return tensor
+    tensor, the (detached) tensor itself on CUDA; None stays None. Detached,
+    because inside a custom operator the inputs may still require grad, and
+    neither DLPack nor ``__cuda_array_interface__`` export such tensors."""
+    if tensor is None:
+        return None
+    if tensor.device.type == "cuda":
+        return tensor.detach()
     import numpy as np
 
     return np.from_dlpack(tensor.detach())
