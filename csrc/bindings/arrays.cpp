@@ -59,6 +59,7 @@ void require_writable(const py::array& a, const char* name) {
 }
 
 void require_distinct_elements(const py::array& a, const char* name) {
+  if (a.size() == 0) return;  // nothing to overlap (NumPy 2 gives empty arrays zero strides)
   // Axes by increasing stride: each must step past everything the inner
   // ones reach, or two indices would name one element.
   std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, size)

@@ -208,11 +208,27 @@ def _(hidden, weight, bias, labels, ignore_index, label_smoothing, compute_grad)
     return scalar, _empty(hidden, (), torch.int64), *_loss_grads(hidden, weight, bias, compute_grad)
 
 
+@torch.library.custom_op("ssl_core::masked_lm_loss_backward", mutates_args=())
+def masked_lm_loss_backward(dloss: Tensor, hidden: Tensor, weight: Tensor, d_hidden: Tensor, d_weight: Tensor,
+                            d_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward's gradients scaled by the upstream ``dloss``. An operator
+    of its own, without a derivative, that takes ``hidden`` and ``weight``
+    (unread) so that autograd sees the gradient depends on them:
+    differentiating it again (a gradient penalty) is then an error, where
+    scaling saved constants would silently give a wrong second derivative."""
+    return dloss * d_hidden, dloss * d_weight, dloss * d_bias
+
+
+@masked_lm_loss_backward.register_fake
+def _(dloss, hidden, weight, d_hidden, d_weight, d_bias):
+    return _empty(d_hidden), _empty(d_weight), _empty(d_bias)
+
+
 def _loss_setup(ctx, inputs, output):
-    _, _, bias, _, _, _, compute_grad = inputs
+    hidden, weight, bias, _, _, _, compute_grad = inputs
     _, n_correct, d_hidden, d_weight, d_bias = output
     ctx.mark_non_differentiable(n_correct, d_hidden, d_weight, d_bias)
-    ctx.save_for_backward(d_hidden, d_weight, d_bias)
+    ctx.save_for_backward(hidden, weight, d_hidden, d_weight, d_bias)
     ctx.compute_grad, ctx.has_bias = compute_grad, bias is not None
 
 
@@ -220,8 +236,8 @@ def _loss_grad(ctx, dloss, *_):
     if not ctx.compute_grad:
         raise RuntimeError("masked_lm_loss was called with compute_grad=False, so it has no gradient to give; "
                            "call ssl_core.integrations.torch.masked_lm_loss, which sets it when grad is enabled")
-    d_hidden, d_weight, d_bias = ctx.saved_tensors
-    return dloss * d_hidden, dloss * d_weight, dloss * d_bias if ctx.has_bias else None, None, None, None, None
+    d_hidden, d_weight, d_bias = torch.ops.ssl_core.masked_lm_loss_backward(dloss, *ctx.saved_tensors)
+    return d_hidden, d_weight, d_bias if ctx.has_bias else None, None, None, None, None
 
 
 masked_lm_loss.register_autograd(_loss_grad, setup_context=_loss_setup)

@@ -45,8 +45,8 @@ def check_tensor(name, tensor, dtypes=(torch.float32,), optional=False, like=Non
 
 def check_last_axis_contiguous(name, tensor):
     """ValueError naming ``name`` unless the last axis of ``tensor`` has stride 1
-    (what the kernels read; anything else would need a silent copy)."""
-    if tensor.dim() and tensor.shape[-1] > 1 and tensor.stride(-1) != 1:
+    (what the kernels read; anything else would need a silent copy). None passes."""
+    if tensor is not None and tensor.dim() and tensor.shape[-1] > 1 and tensor.stride(-1) != 1:
         raise ValueError(
             f"{name} must have a contiguous last axis (stride 1), got strides {tuple(tensor.stride())}; "
             "call .contiguous() on it"

@@ -20,6 +20,14 @@ _FLOAT = (torch.float32,)
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def _number(name, value):
+    """``value`` as a float; TypeError naming ``name`` if it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r:.80}") from None
+
+
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """LayerNorm over the last axis, as ``torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)``.
 
@@ -36,8 +44,10 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
         if param is not None and tuple(param.shape) != tuple(x.shape[-1:]):
             raise ValueError(f"{name} must have shape {tuple(x.shape[-1:])} (x's last axis), got {tuple(param.shape)}")
     check_last_axis_contiguous("x", x)
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps >= 0):
+    for name, param in (("weight", weight), ("bias", bias)):
+        check_last_axis_contiguous(name, param)
+    eps = _number("eps", eps)
+    if not 0 <= eps < math.inf:  # not math.isfinite: torch.compile(dynamic=True) makes eps a symbolic float
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return _library.layer_norm(x, weight, bias, eps)[0]
 
@@ -60,6 +70,7 @@ def gelu(x, approximate="none", bias=None):
     if bias is not None and tuple(bias.shape) != tuple(x.shape[-1:]):
         raise ValueError(f"bias must have shape {tuple(x.shape[-1:])} (x's last axis), got {tuple(bias.shape)}")
     check_last_axis_contiguous("x", x)
+    check_last_axis_contiguous("bias", bias)
     return _library.gelu(x, bias, approximate)
 
 
@@ -100,8 +111,8 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
     for name, lengths in (("key_lengths", key_lengths), ("prefix_lengths", prefix_lengths)):
         check_tensor(name, lengths, _INTEGER, optional=True, like=q)
     check_tensor("mask", mask, (torch.bool,), optional=True, like=q)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    dropout_p = float(dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _number("scale", scale)
+    dropout_p = _number("dropout_p", dropout_p)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     lengths = [None if t is None else t.to(torch.int64) for t in (key_lengths, prefix_lengths)]
@@ -165,7 +176,13 @@ def masked_lm_loss_and_accuracy(hidden, weight, bias, labels, *, ignore_index=-1
     check_tensor("labels", labels, _INTEGER, like=hidden)
     check_last_axis_contiguous("hidden", hidden)
     check_last_axis_contiguous("weight", weight)
+    check_last_axis_contiguous("bias", bias)
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r:.80}") from None
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, n_correct, *_ = _library.masked_lm_loss(hidden, weight, bias, labels.to(torch.int64),
-                                                            int(ignore_index), float(label_smoothing), needs_grad)
+                                                            ignore_index, _number("label_smoothing", label_smoothing),
+                                                            needs_grad)
     return loss, n_correct

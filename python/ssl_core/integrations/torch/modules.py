@@ -24,6 +24,9 @@ class LayerNorm(torch.nn.LayerNorm):
         return new
 
     def forward(self, x):
+        if tuple(x.shape[-1:]) != tuple(self.normalized_shape):
+            raise ValueError(f"x must have a last axis of {self.normalized_shape[0]} (normalized_shape), "
+                             f"got shape {tuple(x.shape)}")
         return functional.layer_norm(x, self.weight, self.bias, self.eps)
 
 
