@@ -197,3 +197,21 @@ def test_bad_models_and_masks():
     bias[..., 3] = -2.0  # an attention bias, not a mask
     with pytest.raises(ValueError, match="attention_mask: .*boolean masks"):
         ours(input_ids=ids, attention_mask=bias)
+
+
+def test_compiled_patched_model_is_one_graph_and_matches_eager():
+    import torch._dynamo
+
+    reference = bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours = patched(reference).train()
+    ids, mask, labels = batch()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(ours, backend="aot_eager")
+    got = compiled(input_ids=ids, attention_mask=mask, labels=labels)
+    got.loss.backward()
+    assert not torch._dynamo.utils.counters["graph_break"]
+    expected = reference(input_ids=ids, attention_mask=mask, labels=labels)
+    expected.loss.backward()
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    assert_same_gradients(reference, ours)

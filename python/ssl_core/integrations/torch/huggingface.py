@@ -108,13 +108,15 @@ def _masks(attention_mask, causal, batch):
     if attention_mask is None:
         return dict(causal=causal)
     mask = attention_mask
-    if mask.dtype != torch.bool:
+    if mask.dtype != torch.bool:  # a user's 4-D float mask (transformers makes boolean ones for us)
         allowed = (mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)
         if not bool(allowed.all()):
             raise ValueError("attention_mask: ssl_core's attention takes boolean masks, or additive masks of 0 and "
                              "the dtype's minimum; this one adds other values (a bias), which the kernel cannot apply")
         mask = mask == 0
-    if mask.device.type == "cpu":  # on CUDA, the test would stall the stream; the kernel takes the mask as it is
+    # The test reads the mask's values: on CUDA it would stall the stream, and under torch.compile it would
+    # break the graph. There, the kernel takes the mask as it is.
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
         masks = _right_padding_lengths(mask, batch)
         if masks is not None:
             return masks
