@@ -93,24 +93,34 @@ def test_attention_with_2d_masks(device, rng, mask_on_device):
         np.testing.assert_allclose(got.host, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_float16_attention_runs_on_tensor_cores(device, rng):
-    """float16 arrays take the WMMA kernels (forward and backward) and give float16 results."""
+# (to 16 bits, back to float32, tolerance): bfloat16 travels as uint16 bits. The tolerance: P, dS and the
+# gradients are rounded to 16 bits (relative 2^-11 for float16, 2^-8 for bfloat16, each), ~10 units here
+# with sums of 20 terms of size ~1.
+HALF_TYPES = {
+    "float16": (lambda a: a.astype(np.float16), lambda a: a.astype(np.float32), 5e-3),
+    "bfloat16": (ops.to_bfloat16, ops.from_bfloat16, 4e-2),
+}
+
+
+@pytest.mark.parametrize("dtype", sorted(HALF_TYPES))
+def test_16bit_attention_runs_on_tensor_cores(device, rng, dtype):
+    """float16 arrays, and uint16 arrays of bfloat16 bits, take the WMMA kernels
+    (forward and backward) and give results of their own dtype."""
+    to_16, to_32, tolerance = HALF_TYPES[dtype]
     B, T, H, D = 1, 20, 2, 32
-    q, k, v = (rng.standard_normal((B, T, H, D)).astype(np.float16) for _ in range(3))
+    q, k, v = (to_16(rng.standard_normal((B, T, H, D)).astype(np.float32)) for _ in range(3))
     out, lse = ops.attention_forward(device(q), device(k), device(v), causal=True)
-    assert out.dtype == np.float16 and lse.dtype == np.float32
-    want_out, want_lse = ops.attention_forward(*(a.astype(np.float32) for a in (q, k, v)), causal=True)
+    assert out.dtype == q.dtype and lse.dtype == np.float32
+    want_out, want_lse = ops.attention_forward(*map(to_32, (q, k, v)), causal=True)
     np.testing.assert_allclose(lse.host, want_lse, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.host.astype(np.float32), want_out, rtol=5e-3, atol=5e-3)
-    dout = rng.standard_normal((B, T, H, D)).astype(np.float16)
+    np.testing.assert_allclose(to_32(out.host), want_out, rtol=tolerance, atol=tolerance)
+    dout = to_16(rng.standard_normal((B, T, H, D)).astype(np.float32))
     grads = ops.attention_backward(device(dout), device(q), device(k), device(v), out, lse, causal=True)
-    # The CPU float32 op on the same 16-bit values (out as the kernel's float16 out): P, dS and the
-    # gradients are rounded to float16 (relative 2^-11 each, ~10 u here with sums of 20 terms of size ~1).
-    want = ops.attention_backward(*(a.astype(np.float32) for a in (dout, q, k, v)), out.host.astype(np.float32),
-                                  lse.host, causal=True)
+    # The CPU float32 op on the same 16-bit values, out as the kernel's 16-bit out.
+    want = ops.attention_backward(*map(to_32, (dout, q, k, v, out.host)), lse.host, causal=True)
     for got, ref in zip(grads, want):
-        assert got.dtype == np.float16
-        np.testing.assert_allclose(got.host.astype(np.float32), ref, rtol=5e-3, atol=5e-3)
+        assert got.dtype == q.dtype
+        np.testing.assert_allclose(to_32(got.host), ref, rtol=tolerance, atol=tolerance)
 
 
 def test_masked_lm_loss_with_device_labels(device, rng):

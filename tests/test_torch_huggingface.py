@@ -101,6 +101,29 @@ def test_gpt2_matches_transformers(padding):
     assert_same_gradients(reference, ours)
 
 
+@pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification", "BertForTokenClassification",
+                                  "BertForQuestionAnswering", "GPT2Model", "GPT2ForSequenceClassification"])
+def test_other_heads_get_the_kernels_and_keep_their_outputs(head):
+    cls = getattr(transformers, head)
+    reference = (bert(cls) if head.startswith("Bert") else gpt2_like(cls))
+    ours = patched(reference)
+    assert any(type(m) is LayerNorm for m in ours.modules()) and ours.config._attn_implementation == "ssl_core"
+    ids, mask, _ = batch(padding="right")
+    expected, got = reference(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask)
+    for field in ("last_hidden_state", "logits", "start_logits", "end_logits"):
+        if getattr(expected, field, None) is not None:
+            real = mask.bool() if getattr(expected, field).shape[:2] == mask.shape else slice(None)
+            torch.testing.assert_close(getattr(got, field)[real], getattr(expected, field)[real], rtol=1e-5,
+                                       atol=1e-5)
+
+
+def gpt2_like(cls):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return cls(config).eval()
+
+
 def test_gpt2_loss_over_items_of_the_step_as_the_trainer_passes_it():
     reference = gpt2()
     ours = patched(reference)
@@ -187,8 +210,11 @@ def test_return_dict_false_gives_a_tuple():
 
 
 def test_bad_models_and_masks():
-    with pytest.raises(TypeError, match="BertForMaskedLM.*got .*BertModel"):
-        apply_ssl_core(transformers.BertModel(bert().config))
+    with pytest.raises(TypeError, match="BERT and GPT-2 models.*got torch.nn.modules.linear.Linear$"):
+        apply_ssl_core(torch.nn.Linear(2, 2))
+    distilbert = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    with pytest.raises(TypeError, match="BERT and GPT-2 models.*DistilBertModel of model_type 'distilbert'"):
+        apply_ssl_core(transformers.DistilBertModel(distilbert))
     with pytest.raises(TypeError, match="float32 parameters.*float64"):
         apply_ssl_core(bert().double())
     ours = patched(bert())

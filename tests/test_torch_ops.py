@@ -865,6 +865,8 @@ BAD_CALLS = [
     ("attn_v_float16", lambda s: attention(s.q, s.k, s.v.half()), TypeError, r"^v must be a float32 tensor"),
     ("attn_float16_on_cpu", lambda s: attention(s.q.half(), s.k.half(), s.v.half()), TypeError,
      r"^q, k and v are float16 on the CPU"),
+    ("attn_bfloat16_on_cpu", lambda s: attention(*(t.bfloat16() for t in (s.q, s.k, s.v))), TypeError,
+     r"^q, k and v are bfloat16 on the CPU; the CPU kernels compute in float32"),
     ("attn_k_meta", lambda s: attention(s.q, s.k.to(META), s.v), TypeError, r"^k is on device meta"),
     ("attn_q_meta", lambda s: attention(s.q.to(META), s.k.to(META), s.v.to(META)), TypeError,
      r"^q is on device meta"),

@@ -105,7 +105,8 @@ def _register_known_frameworks():
     torch = sys.modules.get("torch")
     if torch is not None and torch.Tensor not in _ARRAY_TYPES:
         dtypes = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64,
-                  np.dtype(np.bool_): torch.bool}
+                  np.dtype(np.bool_): torch.bool, np.dtype(np.float16): torch.float16,
+                  np.dtype(np.uint16): torch.uint16}
         register_array_type(torch.Tensor, ArrayType(
             empty=lambda like, shape, dtype: torch.empty(shape, dtype=dtypes[np.dtype(dtype)], device=like.device),
             from_numpy=lambda like, a: torch.from_numpy(a).to(like.device),

@@ -76,21 +76,28 @@ def _typestr(x):
     return x.__cuda_array_interface__["typestr"]
 
 
+# The 16-bit arrays of the tensor-core kernels, by typestr: float16, and uint16
+# holding bfloat16 bits (as ops.to_bfloat16 makes; few frameworks export a
+# bfloat16 typestr, and torch tensors are viewed as uint16).
+_HALF_TYPES = {"<f2": ("float16", np.float16), "<u2": ("bfloat16", np.uint16)}
+
+
 def attention_forward(q, k, v, causal, key_lengths, prefix_lengths, mask, scale, dropout_p, seed, out):
-    """float32 arrays run the float32 kernel; float16 ones the tensor-core kernel (out float16)."""
+    """float32 arrays run the float32 kernel; float16 and uint16 (bfloat16
+    bits) ones the tensor-core kernel, whose out has their dtype."""
     _known(q, "q")
     out_array, lse = split_out(out, ("out", "lse"))
     if len(q.shape) != 4:
         raise ValueError(f"q must have 4 dimensions (batch, seq, heads, head_dim), got shape {tuple(q.shape)}")
     B, Tq, H, D = q.shape
-    half = _typestr(q) == "<f2"
-    out_array = _empty(q, (B, Tq, H, D), np.float16 if half else np.float32) if out_array is None else out_array
+    half = _HALF_TYPES.get(_typestr(q))
+    out_array = _empty(q, (B, Tq, H, D), half[1] if half else np.float32) if out_array is None else out_array
     lse = _empty(q, (B, H, Tq)) if lse is None else lse
     key_lengths, prefix_lengths, mask = _mask_arguments(q, key_lengths, prefix_lengths, mask)
     masks = dict(causal=bool(causal), key_lengths=key_lengths, prefix_lengths=prefix_lengths, mask=mask,
                  dropout_p=dropout_p, seed=seed, stream=_stream(q))
     if half:
-        kernels().attention_forward_16bit(out_array, lse, q, k, v, "float16", scale, **masks)
+        kernels().attention_forward_16bit(out_array, lse, q, k, v, half[0], scale, **masks)
     else:
         kernels().attention_forward(out_array, lse, q, k, v, scale, **masks)
     return out_array, lse
@@ -98,10 +105,11 @@ def attention_forward(q, k, v, causal, key_lengths, prefix_lengths, mask, scale,
 
 def attention_backward(dout, q, k, v, out, lse, causal, key_lengths, prefix_lengths, mask, scale, dropout_p,
                        seed, grads, deterministic):
-    """float32 arrays run the float32 kernel; float16 ones the tensor-core kernel (dq, dk, dv float16)."""
+    """float32 arrays run the float32 kernel; float16 and uint16 (bfloat16
+    bits) ones the tensor-core kernel (dq, dk, dv of their dtype)."""
     _known(dout, "dout")
-    half = _typestr(q) == "<f2"
-    dtype = np.float16 if half else np.float32
+    half = _HALF_TYPES.get(_typestr(q))
+    dtype = half[1] if half else np.float32
     dq, dk, dv = split_out(grads, ("dq", "dk", "dv"), arg="grads")
     dq = _empty(q, q.shape, dtype) if dq is None else dq
     dk = _empty(q, k.shape, dtype) if dk is None else dk
@@ -110,7 +118,7 @@ def attention_backward(dout, q, k, v, out, lse, causal, key_lengths, prefix_leng
     options = dict(causal=bool(causal), key_lengths=key_lengths, prefix_lengths=prefix_lengths, mask=mask,
                    dropout_p=dropout_p, seed=seed, deterministic=bool(deterministic), stream=_stream(q))
     if half:
-        kernels().attention_backward_16bit(dq, dk, dv, dout, q, k, v, out, lse, "float16", scale, **options)
+        kernels().attention_backward_16bit(dq, dk, dv, dout, q, k, v, out, lse, half[0], scale, **options)
     else:
         kernels().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, **options)
     return dq, dk, dv

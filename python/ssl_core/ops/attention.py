@@ -86,7 +86,10 @@ def attention_forward(q, k, v, *, causal=False, key_lengths=None, prefix_lengths
         ``(out, lse)``: out float32 (B, Tq, H, D); lse float32 (B, H, Tq), the
         natural log of each query's sum of exp(scaled scores) over the keys
         it may attend (+inf where none), which ``attention_backward`` needs.
-        CUDA arrays run the CUDA kernel and give arrays of their framework.
+        CUDA arrays run the CUDA kernel and give arrays of their framework:
+        float32, or on tensor cores float16 or bfloat16 (given as uint16
+        arrays of its bits, as ``to_bfloat16`` makes), where out has q's
+        dtype and lse is float32.
     """
     scale, dropout_p, seed = _scalars(q, scale, dropout_p, seed)
     if on_device(q=q, k=k, v=v):

@@ -14,13 +14,15 @@ _DEVICES = ("cpu", "cuda")
 
 def kernel_view(tensor):
     """What ``ssl_core.ops`` is given for ``tensor``: a NumPy view of a CPU
-    tensor, the (detached) tensor itself on CUDA; None stays None. Detached,
+    tensor, the (detached) tensor itself on CUDA (bfloat16 viewed as uint16);
+    None stays None. Detached,
     because inside a custom operator the inputs may still require grad, and
     neither DLPack nor ``__cuda_array_interface__`` export such tensors."""
     if tensor is None:
         return None
     if tensor.device.type == "cuda":
-        return tensor.detach()
+        # bfloat16 has no __cuda_array_interface__ typestr; the kernels take its bits as uint16.
+        return tensor.detach().view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor.detach()
     import numpy as np
 
     return np.from_dlpack(tensor.detach())

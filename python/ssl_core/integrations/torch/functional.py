@@ -4,7 +4,7 @@ Each function checks its arguments (a clear TypeError or ValueError naming the
 argument), then calls the custom operator registered in ``_library.py``, so it
 works under autograd, ``torch.compile`` and ``torch.export``. CPU tensors run
 the CPU kernels, CUDA tensors the CUDA kernels. The kernels compute in
-float32 (CUDA attention also takes float16); inputs need a contiguous last
+float32 (CUDA attention also float16 and bfloat16); inputs need a contiguous last
 axis, and are otherwise read where they are, strides and all, without copies.
 """
 
@@ -84,7 +84,8 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
     has the exact semantics).
 
     Args:
-        q: float32 (B, Tq, H, D); on CUDA also float16. k, v: (B, Tk, H, D), q's dtype.
+        q: float32 (B, Tq, H, D); on CUDA also float16 or bfloat16 (tensor
+            cores). k, v: (B, Tk, H, D), q's dtype.
         causal: the causal mask, aligned bottom-right when Tq != Tk.
         key_lengths: optional integer (B,): keys at positions >= key_lengths[b] are padding.
         prefix_lengths: optional integer (B,): the prefix-LM (UniLM) mask.
@@ -98,14 +99,15 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
     Returns:
         out, shaped and typed like q. A query that may attend to no key gets zeros.
     """
-    check_tensor("q", q, (torch.float32, torch.float16))
+    check_tensor("q", q, (torch.float32, torch.float16, torch.bfloat16))
     for name, tensor in (("k", k), ("v", v)):
         check_tensor(name, tensor, (q.dtype,), like=q)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k and v must have 4 dimensions (batch, seq, heads, head_dim), got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype == torch.float16 and q.device.type != "cuda":
-        raise TypeError("q, k and v are float16 on the CPU; the CPU kernels compute in float32 (use .float())")
+    if q.dtype != torch.float32 and q.device.type != "cuda":
+        raise TypeError(f"q, k and v are {str(q.dtype).replace('torch.', '')} on the CPU; the CPU kernels compute in "
+                        "float32 (use .float())")
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         check_last_axis_contiguous(name, tensor)
     for name, lengths in (("key_lengths", key_lengths), ("prefix_lengths", prefix_lengths)):

@@ -28,16 +28,21 @@ from ssl_core.integrations.torch import functional
 from ssl_core.integrations.torch.modules import GELU, LayerNorm
 
 ATTENTION = "ssl_core"
-_SUPPORTED = ("BertForMaskedLM", "BertForPreTraining", "GPT2LMHeadModel")
+_FAMILIES = ("bert", "gpt2")  # config.model_type of the models whose modules and masks this file knows
 
 
 def apply_ssl_core(model, *, attention=True, layer_norm=True, gelu=True, loss=True):
-    """Patch ``model`` (a ``BertForMaskedLM``, ``BertForPreTraining`` or
-    ``GPT2LMHeadModel`` with float32 parameters, on the CPU or a CUDA device)
-    in place to run on ssl_core's kernels; each part can be left out. Returns the model."""
-    name = type(model).__name__
-    if name not in _SUPPORTED:
-        raise TypeError(f"apply_ssl_core supports {', '.join(_SUPPORTED)}; got {type(model).__module__}.{name}")
+    """Patch ``model``, a transformers BERT or GPT-2 (any head: ``BertModel``,
+    ``BertForSequenceClassification``, ``GPT2LMHeadModel``, ...) with float32
+    parameters on the CPU or a CUDA device, in place to run on ssl_core's
+    kernels; each part can be left out. The fused loss replaces the forward of
+    ``BertForMaskedLM``, ``BertForPreTraining`` and ``GPT2LMHeadModel``; the
+    other heads keep theirs (their losses are over a few classes). Returns the model."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _FAMILIES:
+        raise TypeError(f"apply_ssl_core supports transformers' BERT and GPT-2 models (config.model_type 'bert' or "
+                        f"'gpt2'); got {type(model).__module__}.{type(model).__qualname__}"
+                        + (f" of model_type {model_type!r}" if model_type else ""))
     for param_name, param in model.named_parameters():
         if param.dtype != torch.float32:
             raise TypeError(f"apply_ssl_core needs float32 parameters (the kernels compute in float32); "
@@ -52,10 +57,11 @@ def apply_ssl_core(model, *, attention=True, layer_norm=True, gelu=True, loss=Tr
             replacement = _replacement(child, layer_norm, gelu)
             if replacement is not None:
                 setattr(parent, child_name, replacement)
-    if loss:
+    fused_forward = _FUSED_FORWARDS.get(type(model).__name__)
+    if loss and fused_forward is not None:
         from transformers.utils import can_return_tuple  # return_dict=False gives a tuple, as before
 
-        model.forward = types.MethodType(can_return_tuple(_FUSED_FORWARDS[name]), model)
+        model.forward = types.MethodType(can_return_tuple(fused_forward), model)
     return model
 
 
