@@ -15,11 +15,10 @@ for their gradient.
 import copy
 import json
 
-import numpy as np
-
 import ssl_core
 
-from benchmarks.bench_train import BATCH, MATMUL_N, SEQ, batch, bert_config, gpt_config, model_flops
+from benchmarks.bench_train import (BATCH, MATMUL_N, SEQ, batch, bert_config, gpt_config, model_flops,
+                                    torch_training_step)
 from benchmarks.common import Result, compare, matmul_flops, median_seconds, peak_memory_in_new_process
 
 PEAK_MEMORY = """
@@ -50,7 +49,8 @@ def hf_model(kind, overrides=None):
 
 
 def make_step(kind, patched, threads, overrides=None, shape=(BATCH, SEQ), model=None):
-    """One training step of the model (``hf_model``'s unless given), patched by ``apply_ssl_core`` or not."""
+    """One training step of the model (``hf_model``'s unless given), patched by ``apply_ssl_core`` or not
+    (torch's AdamW, no decay on biases and norms, as bench_train)."""
     import torch
 
     from ssl_core.integrations.torch.huggingface import apply_ssl_core
@@ -60,17 +60,7 @@ def make_step(kind, patched, threads, overrides=None, shape=(BATCH, SEQ), model=
     model = model if model is not None else hf_model(kind, overrides)
     if patched:
         apply_ssl_core(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    data = batch(kind, *shape, V=model.config.vocab_size)
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
-
-    def step():
-        optimizer.zero_grad()
-        model(**tensors).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
-    return step
+    return torch_training_step(model, batch(kind, *shape, V=model.config.vocab_size))
 
 
 def run(torch, copy_bps, repeats, shape=(BATCH, SEQ), config_overrides=None, matmul_n=MATMUL_N, memory=True):

@@ -108,11 +108,19 @@ def make_step(impl, kind, threads, config_overrides=None, shape=(BATCH, SEQ)):
         hf = gpt_config(**overrides).to_hf()
         config = transformers.GPT2Config(**hf, bos_token_id=0, eos_token_id=0)
         model = transformers.GPT2LMHeadModel(config)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n or "ln_" in n)]
-    rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n or "ln_" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=1e-4)
+    return torch_training_step(model.train(), data)
+
+
+def torch_training_step(model, data):
+    """One training step of a transformers model on the batch ``data``
+    (NumPy arrays): the loss it returns, backward, clipping to norm 1, and
+    torch's AdamW with ours' settings (no decay on biases and norms)."""
+    import torch
+
+    no_decay = {n for n, _ in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n or "ln_" in n}
+    groups = [{"params": [p for n, p in model.named_parameters() if (n in no_decay) == skip],
+               "weight_decay": 0.0 if skip else 0.01} for skip in (False, True)]
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
 
     def step():
