@@ -999,3 +999,44 @@ def test_empty_inputs_to_the_other_ops():
     assert loss.item() == 0.0
     dx, dhead = torch.autograd.grad(loss, (x, head))
     assert dx.shape == (0, 8) and (dhead == 0).all()
+
+
+# ------------------------------------------------------------- autocast --
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_widens_16bit_inputs_to_float32(gen, dtype):
+    """Inside torch.autocast the operators take 16-bit inputs, compute on their
+    float32 values and return float32; the gradients reach the 16-bit leaves
+    in their dtype. Reference: the same ops on the widened inputs, outside autocast."""
+    x = torch.randn(3, 5, 16, generator=gen).to(dtype).requires_grad_()
+    weight = torch.randn(16, generator=gen, requires_grad=True)
+    head = torch.randn(11, 16, generator=gen).to(dtype).requires_grad_()
+    labels = torch.randint(0, 11, (3, 5), generator=gen)
+
+    def run(x, head):
+        h = gelu(layer_norm(x, weight, None), "tanh")
+        q = h.reshape(3, 5, 2, 8)
+        out = attention(q, q, q, causal=True)
+        return out, masked_lm_loss(out.reshape(3, 5, 16), head, None, labels)
+
+    with torch.autocast("cpu", dtype=dtype):
+        out, loss = run(x, head)
+    assert out.dtype == torch.float32 and loss.dtype == torch.float32
+    dx, dweight, dhead = torch.autograd.grad(loss, (x, weight, head))
+    assert dx.dtype == dtype and dhead.dtype == dtype and dweight.dtype == torch.float32
+
+    x32, head32 = (t.detach().float().requires_grad_() for t in (x, head))
+    weight.grad = None
+    out32, loss32 = run(x32, head32)
+    assert torch.equal(out, out32) and torch.equal(loss, loss32)
+    want = torch.autograd.grad(loss32, (x32, weight, head32))
+    for got, ref in zip((dx, dweight, dhead), want):
+        assert torch.equal(got, ref.to(got.dtype))
+
+
+def test_16bit_inputs_outside_autocast_are_an_error(gen):
+    x = torch.randn(3, 16, generator=gen).bfloat16()
+    with pytest.raises(TypeError, match=r"^x must be a float32 tensor, got bfloat16; convert it with \.float\(\)"):
+        layer_norm(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer_norm(x).dtype == torch.float32

@@ -11,7 +11,9 @@ documentation advises against wrapping registered operators in a hand-written
 
 The implementations run on CPU tensors (through NumPy views, zero-copy) and on
 CUDA tensors (``ssl_core.ops``' CUDA path, on torch's current stream); the
-public wrappers in ``functional.py`` check the arguments first.
+public wrappers in ``functional.py`` check the arguments first. Under
+``torch.autocast`` the forwards take 16-bit inputs and compute in float32
+(registered at the end of this file).
 """
 
 from typing import Optional
@@ -241,3 +243,11 @@ def _loss_grad(ctx, dloss, *_):
 
 
 masked_lm_loss.register_autograd(_loss_grad, setup_context=_loss_setup)
+
+
+# Under torch.autocast the forwards run in float32, as torch runs its own
+# layer_norm and losses: 16-bit inputs are widened on the way in (and their
+# gradients narrowed back by autograd), the results are float32.
+for _op in (layer_norm, gelu, attention, masked_lm_loss):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(_op, _device, torch.float32)

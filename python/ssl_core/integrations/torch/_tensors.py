@@ -28,14 +28,26 @@ def kernel_view(tensor):
     return np.from_dlpack(tensor.detach())
 
 
+_AUTOCAST_WIDENED = (torch.float16, torch.bfloat16)  # what autocast hands a float32 operator
+
+
+def widened_by_autocast(tensor):
+    """True if ``tensor`` is 16-bit float inside torch.autocast on its device
+    (which casts the operators' inputs to float32)."""
+    return (tensor.dtype in _AUTOCAST_WIDENED and tensor.device.type in _DEVICES
+            and torch.is_autocast_enabled(tensor.device.type))
+
+
 def check_tensor(name, tensor, dtypes=(torch.float32,), optional=False, like=None):
     """TypeError/ValueError naming ``name`` unless ``tensor`` is a torch.Tensor
-    of one of ``dtypes``, on the CPU or a CUDA device (``like``'s device when given)."""
+    of one of ``dtypes`` (also 16-bit float where float32 is expected, inside
+    torch.autocast, which widens it), on the CPU or a CUDA device (``like``'s
+    device when given)."""
     if tensor is None and optional:
         return
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__module__}.{type(tensor).__qualname__}")
-    if tensor.dtype not in dtypes:
+    if tensor.dtype not in dtypes and not (torch.float32 in dtypes and widened_by_autocast(tensor)):
         allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
         hint = "; convert it with .float()" if torch.float32 in dtypes and tensor.is_floating_point() else ""
         raise TypeError(f"{name} must be a {allowed} tensor, got {str(tensor.dtype).replace('torch.', '')}{hint}")

@@ -4,7 +4,8 @@ Each function checks its arguments (a clear TypeError or ValueError naming the
 argument), then calls the custom operator registered in ``_library.py``, so it
 works under autograd, ``torch.compile`` and ``torch.export``. CPU tensors run
 the CPU kernels, CUDA tensors the CUDA kernels. The kernels compute in
-float32 (CUDA attention also float16 and bfloat16); inputs need a contiguous last
+float32 (CUDA attention also float16 and bfloat16; inside ``torch.autocast``
+16-bit inputs are widened to float32); inputs need a contiguous last
 axis, and are otherwise read where they are, strides and all, without copies.
 """
 
@@ -14,7 +15,7 @@ import operator
 import torch
 
 from ssl_core.integrations.torch import _library
-from ssl_core.integrations.torch._tensors import check_last_axis_contiguous, check_tensor
+from ssl_core.integrations.torch._tensors import check_last_axis_contiguous, check_tensor, widened_by_autocast
 
 _FLOAT = (torch.float32,)
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -100,12 +101,13 @@ def attention(q, k, v, *, causal=False, key_lengths=None, prefix_lengths=None, m
         out, shaped and typed like q. A query that may attend to no key gets zeros.
     """
     check_tensor("q", q, (torch.float32, torch.float16, torch.bfloat16))
+    autocast = widened_by_autocast(q)  # all three become float32
     for name, tensor in (("k", k), ("v", v)):
-        check_tensor(name, tensor, (q.dtype,), like=q)
+        check_tensor(name, tensor, (torch.float32,) if autocast else (q.dtype,), like=q)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k and v must have 4 dimensions (batch, seq, heads, head_dim), got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype != torch.float32 and q.device.type != "cuda":
+    if q.dtype != torch.float32 and q.device.type != "cuda" and not autocast:
         raise TypeError(f"q, k and v are {str(q.dtype).replace('torch.', '')} on the CPU; the CPU kernels compute in "
                         "float32 (use .float())")
     for name, tensor in (("q", q), ("k", k), ("v", v)):
