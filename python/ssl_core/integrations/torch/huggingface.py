@@ -1,4 +1,5 @@
-"""``apply_ssl_core(model)``: a Hugging Face BERT or GPT-2 on ssl_core's kernels.
+"""``apply_ssl_core(model)``: a Hugging Face BERT or GPT-2 (or RoBERTa, ELECTRA,
+DistilBERT) on ssl_core's kernels.
 
 In the spirit of Liger-Kernel's patching functions: the model object is
 changed in place, its parameters and state_dict untouched, so it trains,
@@ -28,20 +29,25 @@ from ssl_core.integrations.torch import functional
 from ssl_core.integrations.torch.modules import GELU, LayerNorm
 
 ATTENTION = "ssl_core"
-_FAMILIES = ("bert", "gpt2")  # config.model_type of the models whose modules and masks this file knows
+_FAMILIES = ("bert", "gpt2", "roberta", "electra", "distilbert")  # config.model_type values tested here
 
 
 def apply_ssl_core(model, *, attention=True, layer_norm=True, gelu=True, loss=True):
-    """Patch ``model``, a transformers BERT or GPT-2 (any head: ``BertModel``,
-    ``BertForSequenceClassification``, ``GPT2LMHeadModel``, ...) with float32
-    parameters on the CPU or a CUDA device, in place to run on ssl_core's
-    kernels; each part can be left out. The fused loss replaces the forward of
-    ``BertForMaskedLM``, ``BertForPreTraining`` and ``GPT2LMHeadModel``; the
-    other heads keep theirs (their losses are over a few classes). Returns the model."""
+    """Patch ``model`` in place to run on ssl_core's kernels; each part can be
+    left out. Returns the model.
+
+    ``model`` is a transformers BERT or GPT-2 with any head (``BertModel``,
+    ``BertForSequenceClassification``, ``GPT2LMHeadModel``, ...), or a
+    RoBERTa, ELECTRA or DistilBERT, with float32 parameters on the CPU or a
+    CUDA device. Attention, LayerNorm and GELU are swapped in all of them;
+    the fused loss replaces the forward of ``BertForMaskedLM``,
+    ``BertForPreTraining`` and ``GPT2LMHeadModel`` only, and the other models
+    keep their own loss."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _FAMILIES:
-        raise TypeError(f"apply_ssl_core supports transformers' BERT and GPT-2 models (config.model_type 'bert' or "
-                        f"'gpt2'); got {type(model).__module__}.{type(model).__qualname__}"
+        raise TypeError(f"apply_ssl_core supports transformers' BERT and GPT-2 models and BERT's kin (config."
+                        f"model_type {', '.join(map(repr, _FAMILIES))}); got "
+                        f"{type(model).__module__}.{type(model).__qualname__}"
                         + (f" of model_type {model_type!r}" if model_type else ""))
     for param_name, param in model.named_parameters():
         if param.dtype != torch.float32:
