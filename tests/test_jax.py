@@ -256,5 +256,7 @@ def test_masked_lm_loss_bad_input():
         ssl_jax.masked_lm_loss(hidden, weight, jnp.ones(4), jnp.zeros(3, int))
     with pytest.raises(ValueError, match="label_smoothing must be in"):
         ssl_jax.masked_lm_loss(hidden, weight, None, jnp.zeros(3, int), label_smoothing=2.0)
+    with pytest.raises(TypeError, match="ignore_index must be a Python int, got 2.5"):
+        ssl_jax.masked_lm_loss(hidden, weight, None, jnp.zeros(3, int), ignore_index=2.5)
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"labels\[1\] = 5 is outside \[0, 5\)"):
         ssl_jax.masked_lm_loss(hidden, weight, None, jnp.array([0, 5, 1])).block_until_ready()

@@ -35,6 +35,7 @@ runs once on the whole batch.
 """
 
 import functools
+import operator
 from typing import NamedTuple
 
 import jax
@@ -346,7 +347,11 @@ def masked_lm_loss(hidden, weight, bias, labels, *, ignore_index=-100, label_smo
     label_smoothing = _static_number("label_smoothing", label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    return _masked_lm_loss(_LossOptions(int(ignore_index), label_smoothing, bias is not None),
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be a Python int, got {ignore_index!r:.80}") from None
+    return _masked_lm_loss(_LossOptions(ignore_index, label_smoothing, bias is not None),
                            hidden, weight, bias, labels)
 
 
