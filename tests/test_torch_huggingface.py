@@ -123,6 +123,7 @@ def test_other_heads_get_the_kernels_and_keep_their_outputs(head):
 OTHER_FAMILIES = {
     "RobertaForMaskedLM": lambda: transformers.RobertaConfig(**SMALL_BERT),
     "ElectraForPreTraining": lambda: transformers.ElectraConfig(embedding_size=16, **SMALL_BERT),
+    "ElectraForMaskedLM": lambda: transformers.ElectraConfig(embedding_size=16, **SMALL_BERT),
     "DistilBertForMaskedLM": lambda: transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4,
                                                                    hidden_dim=64, max_position_embeddings=64),
 }
@@ -146,6 +147,22 @@ def test_roberta_electra_distilbert_get_the_kernels_and_keep_outputs_and_gradien
     (expected.logits[real_positions] ** 2).sum().backward()
     (got.logits[real_positions] ** 2).sum().backward()
     assert_same_gradients(reference, ours)
+
+
+@pytest.mark.parametrize("name", ["RobertaForMaskedLM", "ElectraForMaskedLM", "DistilBertForMaskedLM"])
+def test_masked_lm_of_the_other_families_computes_the_loss_fused(name):
+    torch.manual_seed(0)
+    reference = getattr(transformers, name)(OTHER_FAMILIES[name]()).eval()
+    ours = patched(reference)
+    ids, mask, labels = batch(padding="right")
+    expected = reference(input_ids=ids, attention_mask=mask, labels=labels)
+    got = ours(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    expected.loss.backward()
+    got.loss.backward()
+    assert_same_gradients(reference, ours)
+    assert ours.train()(input_ids=ids, attention_mask=mask, labels=labels).logits is None  # the fused path
 
 
 def gpt2_like(cls):

@@ -10,7 +10,7 @@ saves and loads as before. Four things are swapped:
 - every ``nn.LayerNorm``: ``ssl_core.integrations.torch.LayerNorm``, sharing
   its parameters;
 - the GELU activations (BERT's erf "gelu", GPT-2's tanh "gelu_new"): ours;
-- the loss: ``BertForMaskedLM``, ``BertForPreTraining`` and
+- the loss: the masked-LM models of each family, ``BertForPreTraining`` and
   ``GPT2LMHeadModel`` compute the language-model loss with the fused
   ``masked_lm_loss``, which never builds the (tokens, vocabulary) logits.
   Training with labels then returns ``logits=None`` (the point is not to
@@ -40,9 +40,10 @@ def apply_ssl_core(model, *, attention=True, layer_norm=True, gelu=True, loss=Tr
     ``BertForSequenceClassification``, ``GPT2LMHeadModel``, ...), or a
     RoBERTa, ELECTRA or DistilBERT, with float32 parameters on the CPU or a
     CUDA device. Attention, LayerNorm and GELU are swapped in all of them;
-    the fused loss replaces the forward of ``BertForMaskedLM``,
-    ``BertForPreTraining`` and ``GPT2LMHeadModel`` only, and the other models
-    keep their own loss."""
+    the fused loss replaces the forward of the masked-LM models
+    (``BertForMaskedLM``, ``RobertaForMaskedLM``, ``ElectraForMaskedLM``,
+    ``DistilBertForMaskedLM``), ``BertForPreTraining`` and ``GPT2LMHeadModel``;
+    the other models keep their own loss (over a few classes)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _FAMILIES:
         raise TypeError(f"apply_ssl_core supports transformers' BERT and GPT-2 models and BERT's kin (config."
@@ -165,20 +166,27 @@ def _lm_loss(hidden, decoder, labels, shift=False, num_items_in_batch=None):
     return loss
 
 
-def _bert_masked_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                            inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                            labels=None, **kwargs):
+# The masked-LM models: (the encoder, the head's layers before the vocabulary
+# projection, the projection) of each.
+_MASKED_LM_HEADS = {
+    "BertForMaskedLM": lambda m: (m.bert, m.cls.predictions.transform, m.cls.predictions.decoder),
+    "RobertaForMaskedLM": lambda m: (m.roberta, lambda x: m.lm_head.layer_norm(functional.gelu(m.lm_head.dense(x))),
+                                     m.lm_head.decoder),
+    "ElectraForMaskedLM": lambda m: (m.electra, m.generator_predictions, m.generator_lm_head),
+    "DistilBertForMaskedLM": lambda m: (m.distilbert, lambda x: m.vocab_layer_norm(m.activation(m.vocab_transform(x))),
+                                        m.vocab_projector),
+}
+
+
+def _masked_lm_forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
     from transformers.modeling_outputs import MaskedLMOutput
 
+    encoder, transform, decoder = _MASKED_LM_HEADS[type(self).__name__](self)
     kwargs.pop("return_dict", None)
-    outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        position_ids=position_ids, inputs_embeds=inputs_embeds,
-                        encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                        return_dict=True, **kwargs)
-    predictions = self.cls.predictions
-    hidden = predictions.transform(outputs[0])
-    loss = None if labels is None else _lm_loss(hidden, predictions.decoder, labels)
-    logits = None if self.training and labels is not None else predictions.decoder(hidden)
+    outputs = encoder(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    hidden = transform(outputs[0])
+    loss = None if labels is None else _lm_loss(hidden, decoder, labels)
+    logits = None if self.training and labels is not None else decoder(hidden)
     return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                           attentions=outputs.attentions)
 
@@ -225,5 +233,5 @@ def _gpt2_lm_forward(self, input_ids=None, cache=None, attention_mask=None, toke
                                              cross_attentions=outputs.cross_attentions)
 
 
-_FUSED_FORWARDS = {"BertForMaskedLM": _bert_masked_lm_forward, "BertForPreTraining": _bert_pretraining_forward,
-                   "GPT2LMHeadModel": _gpt2_lm_forward}
+_FUSED_FORWARDS = {**dict.fromkeys(_MASKED_LM_HEADS, _masked_lm_forward),
+                   "BertForPreTraining": _bert_pretraining_forward, "GPT2LMHeadModel": _gpt2_lm_forward}
