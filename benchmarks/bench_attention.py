@@ -101,6 +101,8 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
             add(fwd_bwd, "ssl_core", "out=, grads=", forward_backward, 3.5 * flops)
 
             if torch is not None:
+                from ssl_core.integrations.torch import functional as ssl_torch
+
                 sdpa = torch.nn.functional.scaled_dot_product_attention
                 inputs = [torch.from_numpy(a).transpose(1, 2) for a in (q, k, v)]
                 leaves, tdout = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)], torch.from_numpy(dout)
@@ -110,13 +112,22 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, memory_shape=MEMORY_SHAPE, matm
                         t.grad = None
                     sdpa(*(t.transpose(1, 2) for t in leaves), **torch_options).transpose(1, 2).backward(tdout)
 
+                our_options = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+
+                def ours_autograd():  # ssl_core's custom operator, as a torch model calls it
+                    for t in leaves:
+                        t.grad = None
+                    ssl_torch.attention(*leaves, **our_options).backward(tdout)
+
                 if forward:
                     with torch.no_grad():
                         add(fwd, "torch", "no_grad" + torch_variant, lambda: sdpa(*inputs, **torch_options), flops)
                 add(fwd_bwd, "torch", "autograd" + torch_variant, torch_autograd, 3.5 * flops)
+                add(fwd_bwd, "ssl_core", "torch op, autograd", ours_autograd, 3.5 * flops)
                 rows = results[first:]
                 compare(rows, fwd, "ssl_core/out=", "torch/no_grad" + torch_variant)
                 compare(rows, fwd_bwd, "ssl_core/out=, grads=", "torch/autograd" + torch_variant)
+                compare(rows, fwd_bwd, "ssl_core/torch op, autograd", "torch/autograd" + torch_variant)
             return next(r for r in results[first:] if r.op == fwd_bwd and r.impl == "ssl_core")
 
         unpadded = time_rows("", {}, {})

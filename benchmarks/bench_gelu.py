@@ -44,12 +44,18 @@ def run(torch, copy_bps, repeats, shapes=SHAPES):
             add(fwd_bwd, "ssl_core", "allocating", forward_backward_allocating)
 
             if torch is not None:
+                from ssl_core.integrations.torch import functional as ssl_torch
+
                 tx, tdy, ty, tdx = (torch.from_numpy(a) for a in (x, dy, y, dx))
                 x_leaf = tx.clone().requires_grad_()
 
                 def torch_autograd():
                     x_leaf.grad = None
                     torch.nn.functional.gelu(x_leaf, approximate=approximate).backward(tdy)
+
+                def ours_autograd():  # ssl_core's custom operator, as a torch model calls it
+                    x_leaf.grad = None
+                    ssl_torch.gelu(x_leaf, approximate).backward(tdy)
 
                 def torch_kernels():  # ATen kernels writing into preallocated outputs
                     torch._C._nn.gelu(tx, approximate=approximate, out=ty)
@@ -59,8 +65,10 @@ def run(torch, copy_bps, repeats, shapes=SHAPES):
                     add(fwd, "torch", "out=", lambda: torch._C._nn.gelu(tx, approximate=approximate, out=ty))
                 add(fwd_bwd, "torch", "autograd", torch_autograd)
                 add(fwd_bwd, "torch", "aten kernels, out=", torch_kernels)
+                add(fwd_bwd, "ssl_core", "torch op, autograd", ours_autograd)
                 rows = results[first:]
                 compare(rows, fwd, "ssl_core/out=", "torch/out=")
                 compare(rows, fwd_bwd, "ssl_core/allocating", "torch/autograd")
                 compare(rows, fwd_bwd, "ssl_core/out=", "torch/aten kernels, out=")
+                compare(rows, fwd_bwd, "ssl_core/torch op, autograd", "torch/autograd")
     return results

@@ -88,6 +88,20 @@ def torch_loss_and_backward(torch, hidden, weight, bias, labels, all_positions):
     return call
 
 
+def torch_op_loss_and_backward(torch, hidden, weight, bias, labels):
+    """ssl_core's loss as a torch model calls it: the custom operator under autograd."""
+    from ssl_core.integrations.torch import masked_lm_loss
+
+    h, w, b = (torch.from_numpy(a).requires_grad_() for a in (hidden, weight, bias))
+    t = torch.from_numpy(labels)
+
+    def call():
+        h.grad = w.grad = b.grad = None
+        masked_lm_loss(h, w, b, t).backward()
+
+    return call
+
+
 def run(torch, copy_bps, repeats, shapes=SHAPES, matmul_n=MATMUL_N, memory=True):
     repeats = min(repeats, 3)  # torch takes 1-12 s a call at these shapes
     peak = matmul_flops(torch, matmul_n, repeats)
@@ -121,9 +135,12 @@ def run(torch, copy_bps, repeats, shapes=SHAPES, matmul_n=MATMUL_N, memory=True)
             if fraction < 1:
                 add(fwd_bwd, "torch", "autograd, all positions",
                     torch_loss_and_backward(torch, hidden, weight, bias, labels, all_positions=True), 6 * M * C * V)
+            add(fwd_bwd, "ssl_core", "torch op, autograd",
+                torch_op_loss_and_backward(torch, hidden, weight, bias, labels), 6 * M * C * V)
             rows_here = results[first:]
             compare(rows_here, fwd, "ssl_core/", "torch/no_grad, valid rows")
             compare(rows_here, fwd_bwd, "ssl_core/grads=", "torch/autograd, valid rows")
+            compare(rows_here, fwd_bwd, "ssl_core/torch op, autograd", "torch/autograd, valid rows")
             if fraction < 1:
                 ours = next(r for r in rows_here if r.op == fwd_bwd and r.impl == "ssl_core")
                 naive = next(r for r in rows_here if r.variant == "autograd, all positions")

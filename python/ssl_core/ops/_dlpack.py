@@ -48,8 +48,9 @@ def accepts_dlpack(op):
 
 
 def _maybe_foreign(value):
-    return type(value) is not np.ndarray and (hasattr(type(value), "__dlpack_device__")
-                                              or isinstance(value, (tuple, list)))
+    if isinstance(value, (tuple, list)):  # out=, grads=
+        return any(map(_maybe_foreign, value))
+    return type(value) is not np.ndarray and hasattr(type(value), "__dlpack_device__")
 
 
 def _describe(value):

