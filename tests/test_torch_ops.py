@@ -1040,3 +1040,17 @@ def test_16bit_inputs_outside_autocast_are_an_error(gen):
         layer_norm(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer_norm(x).dtype == torch.float32
+
+
+def test_loss_backward_twice_with_retain_graph_accumulates_exactly(gen):
+    """A plain loss.backward() hands autograd the saved gradients themselves
+    (no scaling pass); a retained graph must still give them unchanged the
+    second time, and a scaled loss the scaled ones."""
+    hidden, weight, bias, labels = loss_inputs(gen, True, B=2, T=5, C=8, V=11)
+    loss = masked_lm_loss(hidden, weight, bias, labels)
+    loss.backward(retain_graph=True)
+    once = [t.grad.clone() for t in (hidden, weight, bias)]
+    loss.backward(retain_graph=True)
+    (3 * loss).backward()
+    for t, first in zip((hidden, weight, bias), once):
+        torch.testing.assert_close(t.grad, 5 * first, rtol=1e-6, atol=1e-7)  # 1 + 1 + 3, rounded
